@@ -1,0 +1,151 @@
+"""Devices, mixed precision and the three scale presets that size every experiment.
+
+The preset comes from the ``PRENORM_SCALE`` environment variable (``ci``, ``cpu``
+or ``gpu``); without it, ``gpu`` when CUDA is present and ``cpu`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+SCALES = ("ci", "cpu", "gpu")
+
+
+def device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype(dev: torch.device | str) -> torch.dtype | None:
+    """Autocast dtype for ``dev``: bf16 on GPUs that support it, fp16 on older CUDA
+    GPUs (use with a gradient scaler), ``None`` (plain fp32) on CPU and MPS."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def setup_cpu(threads: int | None = None) -> None:
+    """Avoid the two CPU slowdowns that cost an order of magnitude: denormal
+    floats in stalled or collapsed runs (flushed to zero here) and thread
+    oversubscription (``threads`` defaults to the physical-core count reported
+    by torch, capped by ``OMP_NUM_THREADS`` when set)."""
+    torch.set_flush_denormal(True)
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS")
+        threads = int(env) if env and env.isdigit() else torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes for one preset. Chapters read only these fields, never literals.
+
+    ``d_model``/``n_heads``/``seq_len``/``batch_size``: model and batch for probes
+    and training; ``depths``: depths for per-layer probes at initialization;
+    ``seeds``: seeds for spread; ``theory_width``/``theory_depths``: the Xiong et al.
+    theory setting; ``spectral_iters``: power-iteration steps; ``train_*``: the
+    training experiments.
+    """
+
+    name: str
+    d_model: int
+    n_heads: int
+    seq_len: int
+    batch_size: int
+    depths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    theory_width: int
+    theory_depths: tuple[int, ...]
+    spectral_iters: int
+    spectral_depths: tuple[int, ...]
+    train_depths: tuple[int, ...]
+    train_steps: int
+    train_lrs: tuple[float, ...]
+    train_warmups: tuple[int, ...]
+    train_seeds: tuple[int, ...]
+
+    def model_kwargs(self) -> dict[str, int]:
+        """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
+        return {"d_model": self.d_model, "n_heads": self.n_heads, "seq_len": self.seq_len}
+
+    def with_(self, **changes: object) -> Scale:
+        """A copy with some fields changed (for one-off experiments)."""
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, Scale] = {
+    "ci": Scale(
+        name="ci",
+        d_model=32,
+        n_heads=2,
+        seq_len=16,
+        batch_size=4,
+        depths=(2, 6),
+        seeds=(0, 1),
+        theory_width=32,
+        theory_depths=(2, 4, 8),
+        spectral_iters=15,
+        spectral_depths=(2, 4),
+        train_depths=(2,),
+        train_steps=30,
+        train_lrs=(1e-3,),
+        train_warmups=(0,),
+        train_seeds=(0,),
+    ),
+    "cpu": Scale(
+        name="cpu",
+        d_model=64,
+        n_heads=4,
+        seq_len=32,
+        batch_size=8,
+        depths=(6, 12, 24, 48),
+        seeds=(0, 1, 2),
+        theory_width=64,
+        theory_depths=(3, 6, 12, 24, 48),
+        spectral_iters=40,
+        spectral_depths=(3, 6, 12, 24, 48),
+        train_depths=(6, 12),
+        train_steps=400,
+        train_lrs=(3e-4, 1e-3, 3e-3),
+        train_warmups=(0, 100),
+        train_seeds=(0, 1),
+    ),
+    "gpu": Scale(
+        name="gpu",
+        d_model=256,
+        n_heads=8,
+        seq_len=128,
+        batch_size=32,
+        depths=(6, 12, 24, 48, 96),
+        seeds=(0, 1, 2, 3, 4),
+        theory_width=256,
+        theory_depths=(3, 6, 12, 24, 48, 96),
+        spectral_iters=60,
+        spectral_depths=(3, 6, 12, 24, 48, 96),
+        train_depths=(6, 12, 24),
+        train_steps=3000,
+        train_lrs=(3e-4, 1e-3, 3e-3),
+        train_warmups=(0, 500),
+        train_seeds=(0, 1, 2),
+    ),
+}
+
+
+def scale(name: str | None = None) -> Scale:
+    """The active scale preset: ``name`` if given, else ``$PRENORM_SCALE``, else
+    ``"gpu"`` when CUDA is available and ``"cpu"`` otherwise."""
+    name = (
+        name or os.environ.get("PRENORM_SCALE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    )
+    if name not in PRESETS:
+        raise ValueError(f"unknown scale {name!r}; valid scales are {', '.join(map(repr, SCALES))}")
+    return PRESETS[name]

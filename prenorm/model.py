@@ -1,0 +1,177 @@
+r"""A small decoder-only character language model, readable top to bottom.
+
+.. math::
+    x_0 = E[\text{tokens}] + P[\text{positions}],\qquad
+    x_{l+1} = \mathrm{Block}_l(x_l),\qquad
+    \text{logits} = W_{\text{head}}\, \mathrm{N}_{\text{final}}(x_L),
+
+where :math:`\mathrm{N}_{\text{final}}` is a norm for the Pre-LN family and the
+identity for Post-LN (whose last block already ends in a norm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import Block, get_placement
+from .norms import make_norm
+
+INITS = ("pytorch", "gpt2", "xavier", "xiong", "deepnorm")
+
+
+class TransformerLM(nn.Module):
+    r"""Decoder-only transformer LM built from :class:`~prenorm.Block`.
+
+    ``init`` names the initialization (one of :data:`INITS`):
+
+    - ``"pytorch"``: the framework defaults (``nn.Linear``'s Kaiming-uniform,
+      ``nn.Embedding``'s :math:`N(0,1)`);
+    - ``"gpt2"``: weights :math:`N(0, 0.02^2)`, the residual output projections
+      (attention ``proj``, MLP ``fc2``) :math:`N(0, (0.02/\sqrt{2L})^2)`, biases 0;
+    - ``"xavier"``: Xavier-uniform weights and embeddings, biases 0;
+    - ``"xiong"``: the theory setting of Xiong et al. 2020: Xavier, biases 0 and
+      :math:`W^Q = W^K = 0`, so attention is uniform (over the causal prefix);
+    - ``"deepnorm"``: DeepNet's init (Wang et al. 2022): Xavier-normal, with gain
+      :math:`\beta=(8L)^{-1/4}` on :math:`W^V`, :math:`W^O` and the MLP.
+
+    Norm weights start at :math:`\gamma=1`, :math:`\beta=0` under every scheme.
+    ``placement="deepnorm"`` also sets the skip-path scale :math:`\alpha=(2L)^{1/4}`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        seq_len: int,
+        placement: str = "pre",
+        norm: str = "layernorm",
+        init: str = "gpt2",
+        mlp_ratio: int = 4,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("n_layers", n_layers),
+            ("seq_len", seq_len),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if init not in INITS:
+            raise ValueError(
+                f"unknown init {init!r}; valid inits are {', '.join(map(repr, INITS))}"
+            )
+        spec = get_placement(placement)
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.seq_len, self.placement, self.norm, self.init_scheme = seq_len, placement, norm, init
+        alpha = (2 * n_layers) ** 0.25 if spec.scaled_residual else 1.0
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(seq_len, d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha)
+            for _ in range(n_layers)
+        )
+        self.final_norm = make_norm(norm, d_model, bias=bias) if spec.final_norm else nn.Identity()
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.reset_parameters(init)
+
+    # ---- initialization -------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, init: str | None = None) -> None:
+        """(Re-)initialize every weight with the scheme ``init`` (default: the model's)."""
+        init = init or self.init_scheme
+        if init not in INITS:
+            raise ValueError(
+                f"unknown init {init!r}; valid inits are {', '.join(map(repr, INITS))}"
+            )
+        self.init_scheme = init
+        L, d = self.n_layers, self.d_model
+        for m in self.modules():
+            if hasattr(m, "reset_parameters") and m is not self:
+                m.reset_parameters()  # framework defaults first; norms go to gamma=1, beta=0
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear | nn.Embedding) and init != "pytorch":
+                if init == "gpt2":
+                    std = 0.02 / math.sqrt(2 * L) if name.endswith(("proj", "fc2")) else 0.02
+                    nn.init.normal_(m.weight, 0.0, std)
+                elif init in ("xavier", "xiong"):
+                    nn.init.xavier_uniform_(m.weight)
+                elif init == "deepnorm":
+                    nn.init.xavier_normal_(m.weight)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+        if init == "xiong":
+            for blk in self.blocks:
+                blk.attn.qkv.weight[: 2 * d].zero_()  # W_Q = W_K = 0: uniform attention
+        if init == "deepnorm":
+            beta = (8 * L) ** -0.25
+            for blk in self.blocks:
+                nn.init.xavier_normal_(blk.attn.qkv.weight[2 * d :], gain=beta)
+                for w in (blk.attn.proj.weight, blk.mlp.fc1.weight, blk.mlp.fc2.weight):
+                    nn.init.xavier_normal_(w, gain=beta)
+
+    # ---- forward ----------------------------------------------------------
+    def embed(self, idx: Tensor) -> Tensor:
+        """Token plus position embeddings: the residual stream entering layer 0."""
+        if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 2:
+            got = (
+                f"{idx.dtype} tensor of shape {tuple(idx.shape)}"
+                if isinstance(idx, Tensor)
+                else type(idx).__name__
+            )
+            raise ValueError(f"idx must be a (batch, time) tensor of dtype torch.long, got {got}")
+        T = idx.shape[1]
+        if T > self.seq_len:
+            raise ValueError(f"sequence length {T} exceeds the model's seq_len={self.seq_len}")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}), got range "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
+        pos = torch.arange(T, device=idx.device)
+        return self.tok_emb(idx) + self.pos_emb(pos)
+
+    def residual_stream(self, x: Tensor) -> list[Tensor]:
+        """Run the blocks on residual input ``x`` (batch, time, d_model) and return
+        ``[x_0, x_1, ..., x_L]``: the state entering every layer and the final one."""
+        states = [x]
+        for blk in self.blocks:
+            states.append(blk(states[-1]))
+        return states
+
+    def logits_from_stream(self, x_last: Tensor) -> Tensor:
+        """Output head applied to the final residual state."""
+        return self.head(self.final_norm(x_last))
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, return_stream: bool = False
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Return ``(logits, loss)``; ``loss`` is the mean next-token cross-entropy
+        when ``targets`` is given. With ``return_stream=True`` also return the
+        residual stream ``[x_0, ..., x_L]``."""
+        states = self.residual_stream(self.embed(idx))
+        logits = self.logits_from_stream(states[-1])
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return (logits, loss, states) if return_stream else (logits, loss)
+
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def build_model(
+    seed: int = 0, device: torch.device | str | None = None, **kwargs: object
+) -> TransformerLM:
+    """``TransformerLM(**kwargs)`` initialized under ``torch.manual_seed(seed)`` and moved
+    to ``device`` (default: the CPU). The same seed gives the same weights."""
+    torch.manual_seed(seed)
+    model = TransformerLM(**kwargs)  # type: ignore[arg-type]
+    return model.to(device) if device is not None else model

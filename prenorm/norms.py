@@ -1,0 +1,158 @@
+"""Normalization layers written out by hand, and their closed-form Jacobians.
+
+Both layers act on the last dimension of their input and are equal (up to float
+rounding) to ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm`` with the same weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+class LayerNorm(nn.Module):
+    r"""Layer normalization over the last dimension (Ba et al. 2016).
+
+    .. math::
+        \mu = \tfrac1d \textstyle\sum_i x_i,\quad
+        \sigma = \sqrt{\tfrac1d \textstyle\sum_i (x_i-\mu)^2 + \epsilon},\quad
+        \mathrm{LN}(x) = \gamma \odot \frac{x-\mu}{\sigma} + \beta .
+
+    The variance is the biased (population) one, as in ``torch.nn.LayerNorm``.
+    ``bias=False`` drops :math:`\beta`.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        if d <= 0:
+            raise ValueError(f"LayerNorm needs a positive feature size d, got d={d}")
+        self.d = d
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self.d, "LayerNorm")
+        mu = x.mean(dim=-1, keepdim=True)
+        xc = x - mu
+        var = (xc * xc).mean(dim=-1, keepdim=True)
+        y = xc * torch.rsqrt(var + self.eps) * self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    r"""Root-mean-square normalization over the last dimension (Zhang & Sennrich 2019).
+
+    .. math::
+        r = \sqrt{\tfrac1d \textstyle\sum_i x_i^2 + \epsilon},\qquad
+        \mathrm{RMSNorm}(x) = \gamma \odot \frac{x}{r} .
+
+    No mean subtraction and no bias: only the learned scale :math:`\gamma` remains.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        if d <= 0:
+            raise ValueError(f"RMSNorm needs a positive feature size d, got d={d}")
+        self.d = d
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self.d, "RMSNorm")
+        return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, eps={self.eps}"
+
+
+def make_norm(name: str, d: int, bias: bool = True) -> nn.Module:
+    """Build the norm called ``name`` (one of :data:`NORMS`) over ``d`` features.
+
+    ``"layernorm"`` gives :class:`LayerNorm` (``bias`` controls its :math:`\\beta`),
+    ``"rmsnorm"`` gives :class:`RMSNorm`.
+    """
+    if name == "layernorm":
+        return LayerNorm(d, bias=bias)
+    if name == "rmsnorm":
+        return RMSNorm(d)
+    raise ValueError(f"unknown norm {name!r}; valid norms are {', '.join(map(repr, NORMS))}")
+
+
+def layernorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    r"""Closed-form Jacobian of :class:`LayerNorm` at ``x``, shape ``(..., d, d)``.
+
+    With :math:`\hat x = (x-\mu)/\sigma` and :math:`\sigma` including ``eps``,
+
+    .. math::
+        \frac{\partial\,\mathrm{LN}(x)}{\partial x}
+        = \mathrm{diag}(\gamma)\,\frac{1}{\sigma}
+          \Big(I - \tfrac1d \mathbf 1\mathbf 1^\top - \tfrac1d \hat x\hat x^\top\Big).
+
+    When ``eps`` is 0 the bracket is the orthogonal projector that removes the
+    directions :math:`\mathbf 1` and :math:`\hat x`, so with :math:`\gamma=1` the
+    spectral norm is exactly :math:`1/\sigma`. The bias does not enter.
+    """
+    _check_tensor(x, "x")
+    d = x.shape[-1]
+    mu = x.mean(dim=-1, keepdim=True)
+    sigma = torch.sqrt(((x - mu) ** 2).mean(dim=-1, keepdim=True) + eps)
+    xhat = (x - mu) / sigma
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    proj = eye - 1.0 / d - xhat.unsqueeze(-1) * xhat.unsqueeze(-2) / d
+    jac = proj / sigma.unsqueeze(-1)
+    return _scale_rows(jac, weight, d)
+
+
+def rmsnorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    r"""Closed-form Jacobian of :class:`RMSNorm` at ``x``, shape ``(..., d, d)``.
+
+    With :math:`r = \sqrt{\mathrm{mean}(x^2)+\epsilon}` and :math:`\hat x = x/r`,
+
+    .. math::
+        \frac{\partial\,\mathrm{RMSNorm}(x)}{\partial x}
+        = \mathrm{diag}(\gamma)\,\frac1r\Big(I - \tfrac1d \hat x\hat x^\top\Big).
+
+    Only one direction (:math:`\hat x`) is removed; the mean direction survives.
+    """
+    _check_tensor(x, "x")
+    d = x.shape[-1]
+    r = torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
+    xhat = x / r
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    jac = (eye - xhat.unsqueeze(-1) * xhat.unsqueeze(-2) / d) / r.unsqueeze(-1)
+    return _scale_rows(jac, weight, d)
+
+
+def _scale_rows(jac: Tensor, weight: Tensor | None, d: int) -> Tensor:
+    if weight is None:
+        return jac
+    if weight.shape != (d,):
+        raise ValueError(f"weight must have shape ({d},), got {tuple(weight.shape)}")
+    return weight.to(jac.dtype).unsqueeze(-1) * jac
+
+
+def _check_tensor(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] < 2:
+        raise ValueError(
+            f"{name} must have a feature dimension of size >= 2, got shape {tuple(x.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        bad = x[~torch.isfinite(x)].flatten()[0].item()
+        raise ValueError(
+            f"{name} contains non-finite values (e.g. {bad}); probes need finite input"
+        )
+
+
+def _check_last_dim(x: Tensor, d: int, who: str) -> None:
+    if x.shape[-1] != d:
+        raise ValueError(f"{who} expects last dimension {d}, got input of shape {tuple(x.shape)}")

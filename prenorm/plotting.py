@@ -1,0 +1,209 @@
+"""The book's house style and helpers for its recurring figures.
+
+Every placement keeps one colour across the whole book (:data:`PLACEMENT_COLORS`),
+so Post-LN is always the same red and Pre-LN the same blue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+
+PLACEMENT_COLORS: dict[str, str] = {
+    "post": "#c44e52",
+    "pre": "#4c72b0",
+    "sandwich": "#55a868",
+    "deepnorm": "#8172b3",
+}
+NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452"}
+PLACEMENT_LABELS: dict[str, str] = {
+    "post": "Post-LN",
+    "pre": "Pre-LN",
+    "sandwich": "Sandwich",
+    "deepnorm": "DeepNorm",
+}
+
+
+def set_style() -> None:
+    """Apply the house style: seaborn's whitegrid theme, readable fonts, crisp figures."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "figure.figsize": (7.0, 3.8),
+            "axes.titlesize": "medium",
+            "legend.frameon": False,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+
+
+def palette(hue: str, levels: Sequence[object]) -> dict[object, str] | list[str]:
+    """Colours for ``levels`` of a ``hue`` column: the fixed placement or norm colours
+    where they apply, otherwise a sequential palette (for depths, seeds, ...)."""
+    fixed = {"placement": PLACEMENT_COLORS, "norm": NORM_COLORS}.get(hue)
+    if fixed is not None and all(lv in fixed for lv in levels):
+        return {lv: fixed[lv] for lv in levels}
+    return sns.color_palette("viridis", n_colors=len(levels))
+
+
+def label_placements(ax: Axes) -> None:
+    """Replace placement keys (``"post"``) in a legend with their names (``"Post-LN"``)."""
+    leg = ax.get_legend()
+    if leg is None:
+        return
+    for text in leg.get_texts():
+        text.set_text(PLACEMENT_LABELS.get(text.get_text(), text.get_text()))
+
+
+def plot_per_layer(
+    df: pd.DataFrame,
+    y: str,
+    ax: Axes | None = None,
+    hue: str = "placement",
+    style: str | None = None,
+    x: str = "layer",
+    logy: bool = False,
+    ylabel: str | None = None,
+    xlabel: str = "layer index $l$",
+    title: str | None = None,
+) -> Axes:
+    """A per-layer curve (mean over seeds, band = one standard deviation), one line
+    per ``hue`` level and optional ``style`` level."""
+    ax = ax or plt.gca()
+    levels = list(dict.fromkeys(df[hue]))
+    sns.lineplot(
+        data=df,
+        x=x,
+        y=y,
+        hue=hue,
+        style=style,
+        palette=palette(hue, levels),
+        errorbar="sd",
+        marker="o",
+        markersize=4,
+        ax=ax,
+    )
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or y)
+    if title:
+        ax.set_title(title)
+    label_placements(ax)
+    return ax
+
+
+def plot_loss_curves(
+    history: pd.DataFrame,
+    ax: Axes | None = None,
+    hue: str = "placement",
+    style: str | None = None,
+    y: str = "train_loss",
+    smooth: int = 10,
+    ylabel: str = "training loss (nats/char)",
+    title: str | None = None,
+) -> Axes:
+    """Loss against step, smoothed by a running mean of ``smooth`` steps per run;
+    a diverged run ends in a cross at the step where it was stopped."""
+    ax = ax or plt.gca()
+    df = history.dropna(subset=[y]).copy()
+    run_keys = [
+        c
+        for c in ("placement", "norm", "init", "n_layers", "lr", "warmup_steps", "seed")
+        if c in df
+    ]
+    if smooth > 1 and y == "train_loss":
+        df[y] = df.groupby(run_keys, dropna=False)[y].transform(
+            lambda s: s.rolling(smooth, min_periods=1).mean()
+        )
+    levels = list(dict.fromkeys(df[hue]))
+    sns.lineplot(
+        data=df,
+        x="step",
+        y=y,
+        hue=hue,
+        style=style,
+        units="seed" if "seed" in df and df["seed"].nunique() > 1 else None,
+        estimator=None if "seed" in df and df["seed"].nunique() > 1 else "mean",
+        palette=palette(hue, levels),
+        lw=1.2,
+        ax=ax,
+    )
+    if "diverged" in df:
+        colors = palette(hue, levels)
+        ends = df[df["diverged"]].groupby(run_keys, dropna=False).tail(1)
+        for _, r in ends.iterrows():
+            c = colors[r[hue]] if isinstance(colors, dict) else "k"
+            ax.plot(r["step"], r[y], marker="x", color=c, ms=8, mew=2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    label_placements(ax)
+    return ax
+
+
+def plot_grid(
+    runs: pd.DataFrame,
+    value: str = "final_train_loss",
+    row: str = "lr",
+    col: str = "warmup_steps",
+    ax: Axes | None = None,
+    fmt: str = ".2f",
+    title: str | None = None,
+    cbar_label: str | None = None,
+) -> Axes:
+    """Heatmap of ``value`` (mean over seeds) over a ``row`` x ``col`` grid; a cell
+    where any seed diverged is hatched and annotated with the diverged fraction."""
+    ax = ax or plt.gca()
+    agg = (
+        runs.groupby([row, col])
+        .agg(value=(value, "mean"), diverged=("diverged", "mean"))
+        .reset_index()
+    )
+    table = agg.pivot(index=row, columns=col, values="value")
+    div = agg.pivot(index=row, columns=col, values="diverged")
+    annot = table.copy().astype(object)
+    for i in table.index:
+        for j in table.columns:
+            v, d = table.loc[i, j], div.loc[i, j]
+            text = "" if (v is None or (isinstance(v, float) and math.isnan(v))) else format(v, fmt)
+            annot.loc[i, j] = f"{text}\n{d:.0%} div" if d > 0 else text
+    sns.heatmap(
+        table.astype(float),
+        annot=annot.values,
+        fmt="",
+        cmap="mako_r",
+        ax=ax,
+        cbar_kws={"label": cbar_label or value},
+        mask=np.isnan(table.astype(float).values),
+    )
+    for (i, j), d in np.ndenumerate(div.values):
+        if d > 0:
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="//", ec="#c44e52", lw=0))
+    ax.set_ylabel(row)
+    ax.set_xlabel(col)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def glue(name: str, value: object) -> object:
+    """Make ``value`` available to the chapter's prose as ``{glue:text}`name```
+    (MyST-NB's glue, when it is installed; a no-op elsewhere, e.g. on Colab).
+    Returns ``value`` so that numbers can be glued where they are computed."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, value, display=False)
+    return value

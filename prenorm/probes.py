@@ -1,0 +1,371 @@
+r"""Probes of a model's forward and backward scales, returning tidy DataFrames.
+
+A *batch* is ``(x, targets)``: ``x`` is either token ids, shape ``(B, T)`` and
+dtype ``long``, or a residual-stream input, shape ``(B, T, d_model)`` and
+floating point (for the Gaussian inputs of Xiong et al.'s theory setting);
+``targets`` are token ids ``(B, T)``. Every DataFrame carries the model's
+``placement``, ``norm``, ``init`` and ``n_layers`` so that frames from several
+models concatenate into one figure.
+
+The exact Jacobian functions (:func:`block_jacobian`, :func:`branch_jacobian`)
+return tensors of shape ``(T, d, T, d)``: a Jacobian is a matrix, not a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.func import jacrev, jvp, vjp
+
+from .blocks import SUBLAYERS, Block
+from .model import TransformerLM, build_model
+from .norms import _check_tensor
+
+Batch = tuple[Tensor, Tensor]
+
+
+# ---- helpers ---------------------------------------------------------------
+def _meta(model: TransformerLM) -> dict[str, object]:
+    return {
+        "placement": model.placement,
+        "norm": model.norm,
+        "init": model.init_scheme,
+        "n_layers": model.n_layers,
+    }
+
+
+def _stream_input(model: TransformerLM, batch: Batch) -> tuple[Tensor, Tensor]:
+    if not isinstance(model, TransformerLM):
+        raise TypeError(f"model must be a prenorm.TransformerLM, got {type(model).__name__}")
+    if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        raise ValueError("batch must be a pair (x, targets)")
+    x, y = batch
+    param = next(model.parameters())
+    if x.dtype == torch.long:
+        x0 = model.embed(x.to(param.device))
+    else:
+        _check_tensor(x, "x")
+        if x.dim() != 3 or x.shape[-1] != model.d_model:
+            raise ValueError(
+                f"a float input must have shape (batch, time, {model.d_model}), got {tuple(x.shape)}"
+            )
+        x0 = x.to(param.device, param.dtype)
+    if y.dtype != torch.long or y.shape != x0.shape[:2]:
+        raise ValueError(
+            f"targets must be a long tensor of shape {tuple(x0.shape[:2])}, "
+            f"got {y.dtype} of shape {tuple(y.shape)}"
+        )
+    return x0, y.to(param.device)
+
+
+def _loss(model: TransformerLM, x_last: Tensor, y: Tensor) -> Tensor:
+    logits = model.logits_from_stream(x_last)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def _token_norms(t: Tensor) -> Tensor:
+    return t.detach().norm(dim=-1).flatten()
+
+
+def _seq_input(x: Tensor, d: int) -> Tensor:
+    _check_tensor(x, "x")
+    if x.dim() == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 2 or x.shape[-1] != d:
+        raise ValueError(
+            f"x must be one sequence of shape (T, {d}) or (1, T, {d}), got {tuple(x.shape)}"
+        )
+    return x
+
+
+# ---- exact Jacobians ---------------------------------------------------------
+def block_jacobian(block: Block, x: Tensor, which: str | None = None) -> Tensor:
+    r"""Exact Jacobian of a block (or of one residual step, ``which`` in
+    ``("attn", "mlp")``) at one sequence ``x`` of shape ``(T, d)``.
+
+    Returns :math:`\partial y_{t,i} / \partial x_{s,j}` as a ``(T, d, T, d)``
+    tensor, computed with ``torch.func.jacrev``. For Pre-LN each step's Jacobian
+    is :math:`I + J_F`; for Post-LN it is :math:`J_{LN}\,(I + J_F)`.
+    """
+    x = _seq_input(x, block.attn.qkv.in_features)
+    if which is None:
+        fn = block
+    else:
+        block.sublayer(which)  # validates the name
+
+        def fn(h: Tensor) -> Tensor:
+            return block.step(which, h)
+
+    return jacrev(lambda h: fn(h.unsqueeze(0))[0])(x)
+
+
+def branch_jacobian(block: Block, x: Tensor, which: str) -> Tensor:
+    r"""Exact Jacobian :math:`J_F` of the residual branch ``which`` (``"attn"`` or
+    ``"mlp"``) of ``block`` at one sequence ``x``; shape ``(T, d, T, d)``.
+
+    The branch includes the norms inside it (Pre-LN: :math:`F(\mathrm{LN}(x))`).
+    """
+    x = _seq_input(x, block.attn.qkv.in_features)
+    block.sublayer(which)
+    return jacrev(lambda h: block.branch(which, h.unsqueeze(0))[0])(x)
+
+
+def spectral_norm(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    iters: int = 100,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> float:
+    r"""Largest singular value :math:`\|J_f(x)\|_2` of the Jacobian of ``fn`` at ``x``.
+
+    Power iteration on :math:`J^\top J`: each step is one Jacobian-vector product
+    (forward mode) and one vector-Jacobian product (reverse mode), so the
+    Jacobian is never formed and memory stays that of two passes. Stops when the
+    estimate changes by less than ``tol`` (relative) or after ``iters`` steps.
+    """
+    _check_tensor(x, "x")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    v = v / v.norm()
+    x = x.detach()
+    _, vjp_fn = vjp(fn, x)
+    sigma = 0.0
+    for _ in range(iters):
+        _, jv = jvp(fn, (x,), (v,))
+        (w,) = vjp_fn(jv)
+        new_sigma = jv.norm().item()
+        w_norm = w.norm()
+        if w_norm == 0:
+            return 0.0
+        v = w / w_norm
+        if abs(new_sigma - sigma) <= tol * max(new_sigma, 1e-30):
+            return new_sigma
+        sigma = new_sigma
+    return sigma
+
+
+# ---- per-layer probes ----------------------------------------------------------
+def residual_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""Per-token norm of the residual stream :math:`\|x_l\|` entering every layer
+    :math:`l = 0..L` (row ``layer=L`` is the final state).
+
+    Columns: ``layer``, ``norm_mean`` and ``norm_std`` (over tokens), ``rms``
+    (:math:`\|x_l\|/\sqrt d`, averaged over tokens), plus the model's metadata.
+    """
+    x0, _ = _stream_input(model, batch)
+    with torch.no_grad():
+        states = model.residual_stream(x0)
+    rows = []
+    for l, s in enumerate(states):
+        n = _token_norms(s)
+        rows.append(
+            {
+                "layer": l,
+                "norm_mean": n.mean().item(),
+                "norm_std": n.std().item() if n.numel() > 1 else 0.0,
+                "rms": (n / model.d_model**0.5).mean().item(),
+            }
+        )
+    return pd.DataFrame(rows).assign(**_meta(model))
+
+
+def branch_ratios(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""How far each sublayer is from a zero map: :math:`\|F_l(x)\| / \|x\|` per token,
+    where :math:`x` is the residual input of the step and :math:`F_l` its branch.
+
+    One row per (layer, sublayer). Columns: ``layer``, ``sublayer``,
+    ``ratio_mean``, ``ratio_std`` (over tokens), ``branch_norm``, ``input_norm``.
+    """
+    x, _ = _stream_input(model, batch)
+    rows = []
+    with torch.no_grad():
+        for l, blk in enumerate(model.blocks):
+            for which in SUBLAYERS:
+                f = blk.branch(which, x)
+                r = _token_norms(f) / _token_norms(x)
+                rows.append(
+                    {
+                        "layer": l,
+                        "sublayer": which,
+                        "ratio_mean": r.mean().item(),
+                        "ratio_std": r.std().item() if r.numel() > 1 else 0.0,
+                        "branch_norm": _token_norms(f).mean().item(),
+                        "input_norm": _token_norms(x).mean().item(),
+                    }
+                )
+                x = blk.step(which, x)
+    return pd.DataFrame(rows).assign(**_meta(model))
+
+
+def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""Gradient of the loss with respect to every residual state,
+    :math:`\|\partial \mathcal L / \partial x_l\|` for :math:`l = 0..L`.
+
+    Columns: ``layer``, ``grad_norm`` (Frobenius norm over the whole batch),
+    ``grad_norm_token`` (mean per-token norm), plus the model's metadata.
+    The loss is the mean cross-entropy, so absolute values scale with 1/(B·T);
+    compare layers, not batch sizes.
+    """
+    x0, y = _stream_input(model, batch)
+    x0 = x0.detach().requires_grad_(True)
+    states = model.residual_stream(x0)
+    loss = _loss(model, states[-1], y)
+    grads = torch.autograd.grad(loss, states)
+    rows = [
+        {
+            "layer": l,
+            "grad_norm": g.norm().item(),
+            "grad_norm_token": _token_norms(g).mean().item(),
+        }
+        for l, g in enumerate(grads)
+    ]
+    return pd.DataFrame(rows).assign(**_meta(model))
+
+
+def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""Frobenius norm of :math:`\partial\mathcal L/\partial W` for every weight
+    matrix and norm parameter of every block, at the current parameters.
+
+    One row per (layer, parameter). Columns: ``layer``, ``sublayer``
+    (``"attn"``, ``"mlp"`` or ``"norm"``), ``param`` (e.g. ``"mlp.fc2.weight"``),
+    ``grad_norm``, ``weight_norm``, plus the model's metadata.
+    """
+    x0, y = _stream_input(model, batch)
+    states = model.residual_stream(x0)
+    loss = _loss(model, states[-1], y)
+    named = [
+        (l, name, p)
+        for l, blk in enumerate(model.blocks)
+        for name, p in blk.named_parameters()
+        if p.requires_grad
+    ]
+    grads = torch.autograd.grad(loss, [p for _, _, p in named], allow_unused=True)
+    rows = []
+    for (l, name, p), g in zip(named, grads, strict=True):
+        sub = name.split(".")[0]
+        rows.append(
+            {
+                "layer": l,
+                "sublayer": "norm" if sub == "norms" else sub,
+                "param": name,
+                "grad_norm": 0.0 if g is None else g.norm().item(),
+                "weight_norm": p.detach().norm().item(),
+            }
+        )
+    return pd.DataFrame(rows).assign(**_meta(model))
+
+
+def end_to_end_spectral_norms(
+    model: TransformerLM,
+    x: Tensor,
+    layers: list[int] | None = None,
+    include_final_norm: bool = True,
+    iters: int = 50,
+    seed: int = 0,
+) -> pd.DataFrame:
+    r"""Spectral norm of the map from the residual state :math:`x_l` to the model's
+    output features, :math:`\|\partial\, \mathrm{N}_{final}(x_L)/\partial x_l\|_2`,
+    for each ``l`` in ``layers`` (default: every layer), at one sequence.
+
+    ``x`` is token ids ``(1, T)`` or a residual input ``(1, T, d)``. With
+    ``include_final_norm=False`` the output is :math:`x_L` itself. Uses
+    :func:`spectral_norm`, so it scales to wide and deep models.
+    Columns: ``layer``, ``spectral_norm``, plus the model's metadata.
+    """
+    if x.dtype == torch.long:
+        x0 = model.embed(x)
+    else:
+        _check_tensor(x, "x")
+        x0 = x
+    if x0.dim() != 3 or x0.shape[0] != 1:
+        raise ValueError(f"x must hold one sequence (batch size 1), got shape {tuple(x0.shape)}")
+    layers = list(range(model.n_layers)) if layers is None else layers
+    bad = [l for l in layers if not 0 <= l <= model.n_layers]
+    if bad:
+        raise ValueError(f"layers must lie in [0, {model.n_layers}], got {bad}")
+    with torch.no_grad():
+        states = model.residual_stream(x0.detach())
+    rows = []
+    for l in layers:
+
+        def tail(h: Tensor, start: int = l) -> Tensor:
+            for blk in model.blocks[start:]:
+                h = blk(h)
+            return model.final_norm(h) if include_final_norm else h
+
+        rows.append({"layer": l, "spectral_norm": spectral_norm(tail, states[l], iters, seed=seed)})
+    return pd.DataFrame(rows).assign(**_meta(model), final_norm=include_final_norm)
+
+
+def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.DataFrame:
+    r"""How much one optimizer-sized step moves the model's output (Liu et al. 2020).
+
+    Takes Adam's first step on every block parameter, which for
+    :math:`\epsilon \to 0` is :math:`\theta \leftarrow \theta - \eta\,\mathrm{sign}(\nabla_\theta\mathcal L)`,
+    measures the logits and the loss, and restores the parameters. Returns one
+    row with ``lr``, ``rel_output_change``
+    (:math:`\|f(\theta') - f(\theta)\| / \|f(\theta)\|` over the batch's logits),
+    ``loss_before``, ``loss_after`` and ``loss_change``, plus the model's metadata.
+    """
+    if not (lr > 0 and torch.isfinite(torch.tensor(lr))):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    x0, y = _stream_input(model, batch)
+    params = list(model.blocks.parameters())
+    logits = model.logits_from_stream(model.residual_stream(x0)[-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    grads = torch.autograd.grad(loss, params)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(lr * torch.sign(g))
+            new_logits = model.logits_from_stream(model.residual_stream(x0)[-1])
+            new_loss = torch.nn.functional.cross_entropy(new_logits.flatten(0, 1), y.flatten())
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    row = {
+        "lr": lr,
+        "rel_output_change": ((new_logits - logits).norm() / logits.norm()).item(),
+        "loss_before": loss.item(),
+        "loss_after": new_loss.item(),
+        "loss_change": (new_loss - loss).item(),
+    }
+    return pd.DataFrame([row]).assign(**_meta(model))
+
+
+def probe_sweep(
+    probe: Callable[..., pd.DataFrame],
+    batch: Batch | Callable[[int], Batch],
+    grid: dict[str, list[object]],
+    model_kwargs: dict[str, object],
+    device: torch.device | str | None = None,
+    **probe_kwargs: object,
+) -> pd.DataFrame:
+    """Run ``probe(model, batch, **probe_kwargs)`` on a fresh model for every point
+    of the Cartesian product of ``grid`` and concatenate the frames.
+
+    ``grid`` keys are :class:`TransformerLM` arguments (``placement``, ``init``,
+    ``n_layers``, ...) or ``seed`` (seeds the initialization; default 0).
+    ``batch`` is a fixed batch or a function ``seed -> batch``. Every row gets
+    the grid point's values as columns.
+    """
+    import itertools
+
+    keys = list(grid)
+    frames = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values, strict=True))
+        seed = int(point.get("seed", 0))
+        kwargs = {**model_kwargs, **{k: v for k, v in point.items() if k != "seed"}}
+        model = build_model(seed=seed, device=device, **kwargs)
+        b = batch(seed) if callable(batch) else batch
+        frames.append(probe(model, b, **probe_kwargs).assign(**point))
+    return pd.concat(frames, ignore_index=True)

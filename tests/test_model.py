@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from prenorm import INITS, LayerNorm, RMSNorm, TransformerLM
+
+V, D, L, H, T = 11, 32, 4, 4, 8
+
+
+def _model(**kw):
+    args = dict(vocab_size=V, d_model=D, n_layers=L, n_heads=H, seq_len=T)
+    args.update(kw)
+    return TransformerLM(**args)
+
+
+def test_forward_shapes_and_stream():
+    m = _model()
+    idx = torch.randint(V, (2, T))
+    logits, loss, states = m(idx, idx, return_stream=True)
+    assert logits.shape == (2, T, V)
+    assert len(states) == L + 1
+    assert torch.allclose(states[0], m.embed(idx))
+    assert torch.allclose(logits, m.head(m.final_norm(states[-1])))
+    assert math.isclose(
+        loss.item(),
+        torch.nn.functional.cross_entropy(logits.reshape(-1, V), idx.reshape(-1)).item(),
+        rel_tol=1e-6,
+    )
+
+
+def test_final_norm_only_for_pre_ln_family():
+    assert isinstance(_model(placement="pre").final_norm, LayerNorm)
+    assert isinstance(_model(placement="sandwich", norm="rmsnorm").final_norm, RMSNorm)
+    assert isinstance(_model(placement="post").final_norm, torch.nn.Identity)
+    assert isinstance(_model(placement="deepnorm").final_norm, torch.nn.Identity)
+
+
+def test_post_ln_states_have_norm_sqrt_d():
+    m = _model(placement="post")
+    states = m.residual_stream(m.embed(torch.randint(V, (3, T))))
+    for s in states[1:]:
+        assert torch.allclose(s.norm(dim=-1), torch.full(s.shape[:2], D**0.5), rtol=1e-3)
+
+
+def test_gpt2_init_statistics():
+    torch.manual_seed(0)
+    m = TransformerLM(V, 128, 8, 4, T, init="gpt2")
+    fc1 = torch.cat([b.mlp.fc1.weight.flatten() for b in m.blocks])
+    fc2 = torch.cat([b.mlp.fc2.weight.flatten() for b in m.blocks])
+    assert abs(fc1.std().item() - 0.02) < 0.001
+    assert abs(fc2.std().item() - 0.02 / math.sqrt(16)) < 0.0005
+    assert all(b.attn.qkv.bias.abs().max() == 0 for b in m.blocks)
+
+
+def test_xiong_init_has_uniform_attention():
+    m = _model(init="xiong")
+    for b in m.blocks:
+        assert b.attn.qkv.weight[: 2 * D].abs().max() == 0
+        assert b.attn.qkv.weight[2 * D :].abs().max() > 0
+
+
+def test_xavier_and_pytorch_inits_differ():
+    torch.manual_seed(0)
+    a = _model(init="xavier").blocks[0].mlp.fc1.weight
+    bound = math.sqrt(6 / (D + 4 * D))
+    assert a.abs().max() <= bound and a.abs().max() > 0.9 * bound
+    torch.manual_seed(0)
+    b = _model(init="pytorch").blocks[0].mlp.fc1.weight
+    assert b.abs().max() <= 1 / math.sqrt(D) + 1e-6
+
+
+def test_deepnorm_constants():
+    m = _model(placement="deepnorm", init="deepnorm")
+    assert all(math.isclose(b.alpha, (2 * L) ** 0.25) for b in m.blocks)
+    beta = (8 * L) ** -0.25
+    w = torch.cat([b.mlp.fc2.weight.flatten() for b in m.blocks])
+    expected_std = beta * math.sqrt(2 / (4 * D + D))
+    assert abs(w.std().item() - expected_std) / expected_std < 0.1
+
+
+def test_init_is_seeded():
+    torch.manual_seed(3)
+    a = _model()
+    torch.manual_seed(3)
+    b = _model()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match=r"'he'.*" + ", ".join(f"'{i}'" for i in INITS)):
+        _model(init="he")
+    with pytest.raises(ValueError, match="unknown placement 'middle'"):
+        _model(placement="middle")
+    with pytest.raises(ValueError, match="d_model=32 is not divisible by n_heads=5"):
+        _model(n_heads=5)
+    with pytest.raises(ValueError, match="n_layers must be a positive integer, got 0"):
+        _model(n_layers=0)
+    m = _model()
+    with pytest.raises(ValueError, match="dtype torch.long"):
+        m(torch.randn(2, T))
+    with pytest.raises(ValueError, match="exceeds the model's seq_len=8"):
+        m(torch.zeros(1, T + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 11\)"):
+        m(torch.full((1, T), V, dtype=torch.long))

@@ -1,0 +1,152 @@
+import pytest
+import torch
+from torch.func import jacrev
+
+from prenorm import (
+    TransformerLM,
+    branch_ratios,
+    end_to_end_spectral_norms,
+    hidden_grad_norms,
+    param_grad_norms,
+    probe_sweep,
+    residual_norms,
+    spectral_norm,
+    update_sensitivity,
+)
+
+V, D, L, H, T = 13, 16, 3, 2, 6
+
+
+def _model(placement="pre", init="gpt2"):
+    torch.manual_seed(0)
+    return TransformerLM(V, D, L, H, T, placement=placement, init=init)
+
+
+def _batch(b=2):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(V, (b, T), generator=g), torch.randint(V, (b, T), generator=g)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_spectral_norm_matches_full_jacobian(placement):
+    m = _model(placement)
+    x = m.embed(_batch(1)[0]).detach()
+
+    def fn(h):
+        return m.final_norm(m.residual_stream(h)[-1])
+
+    j = jacrev(fn)(x).reshape(T * D, T * D)
+    exact = torch.linalg.matrix_norm(j, 2).item()
+    est = spectral_norm(fn, x, iters=500, tol=1e-9)
+    assert abs(est - exact) / exact < 1e-3
+
+
+def test_spectral_norm_of_linear_map():
+    a = torch.randn(7, 5, dtype=torch.float64)
+    est = spectral_norm(lambda v: a @ v, torch.randn(5, dtype=torch.float64), iters=1000, tol=1e-12)
+    assert abs(est - torch.linalg.matrix_norm(a, 2).item()) < 1e-8
+
+
+def test_hidden_grad_norms_match_autograd():
+    m = _model("post")
+    x, y = _batch()
+    df = hidden_grad_norms(m, (x, y))
+    assert list(df["layer"]) == list(range(L + 1))
+    assert set(df["placement"]) == {"post"} and set(df["n_layers"]) == {L}
+    # recompute the gradient at x_1 by hand
+    states = m.residual_stream(m.embed(x))
+    x1 = states[1].detach().requires_grad_(True)
+    h = x1
+    for blk in m.blocks[1:]:
+        h = blk(h)
+    loss = torch.nn.functional.cross_entropy(m.head(m.final_norm(h)).flatten(0, 1), y.flatten())
+    (g,) = torch.autograd.grad(loss, x1)
+    assert abs(df.loc[1, "grad_norm"] - g.norm().item()) < 1e-6
+
+
+def test_param_grad_norms_match_backward():
+    m = _model("pre")
+    x, y = _batch()
+    df = param_grad_norms(m, (x, y))
+    m.zero_grad()
+    m(x, y)[1].backward()
+    row = df[(df["layer"] == 2) & (df["param"] == "mlp.fc2.weight")].iloc[0]
+    assert abs(row["grad_norm"] - m.blocks[2].mlp.fc2.weight.grad.norm().item()) < 1e-6
+    assert set(df["sublayer"]) == {"attn", "mlp", "norm"}
+    assert len(df) == L * len(list(m.blocks[0].parameters()))
+
+
+def test_residual_norms_and_branch_ratios():
+    m = _model("post")
+    df = residual_norms(m, _batch())
+    assert len(df) == L + 1
+    assert (
+        df["rms"].iloc[1:] - 1
+    ).abs().max() < 1e-3  # Post-LN states have rms 1 (gamma=1, beta=0)
+    br = branch_ratios(m, _batch())
+    assert len(br) == 2 * L and set(br["sublayer"]) == {"attn", "mlp"}
+    # the ratio is ||F(x)|| / ||x|| for the first step, checked by hand
+    x0 = m.embed(_batch()[0])
+    f = m.blocks[0].branch("attn", x0)
+    expected = (f.norm(dim=-1) / x0.norm(dim=-1)).mean().item()
+    assert abs(br.loc[0, "ratio_mean"] - expected) < 1e-5
+
+
+def test_float_inputs_and_end_to_end():
+    m = _model("pre", init="xiong")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, T, D, generator=g)
+    y = torch.randint(V, (1, T), generator=g)
+    assert len(hidden_grad_norms(m, (x, y))) == L + 1
+    df = end_to_end_spectral_norms(m, x, iters=30)
+    assert list(df["layer"]) == list(range(L)) and (df["spectral_norm"] > 0).all()
+
+
+def test_probes_refuse_bad_input():
+    m = _model()
+    x, y = _batch()
+    bad = torch.randn(2, T, D)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        hidden_grad_norms(m, (bad, y))
+    with pytest.raises(ValueError, match=r"shape \(batch, time, 16\)"):
+        residual_norms(m, (torch.randn(2, T, D + 1), y))
+    with pytest.raises(ValueError, match="targets must be a long tensor"):
+        param_grad_norms(m, (x, y.float()))
+    with pytest.raises(ValueError, match="pair"):
+        branch_ratios(m, x)
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        spectral_norm(lambda v: v, torch.randn(3), iters=0)
+    with pytest.raises(ValueError, match=r"layers must lie in \[0, 3\]"):
+        end_to_end_spectral_norms(m, x[:1], layers=[5])
+    with pytest.raises(TypeError, match="TransformerLM"):
+        residual_norms(torch.nn.Linear(2, 2), (x, y))
+
+
+def test_probe_sweep_grid_and_seeding():
+    kw = dict(vocab_size=V, d_model=D, n_heads=H, seq_len=T)
+    df = probe_sweep(
+        residual_norms,
+        _batch(),
+        {"placement": ["pre", "post"], "n_layers": [1, 2], "seed": [0, 1]},
+        model_kwargs=kw,
+    )
+    assert len(df) == 2 * (2 + 3) * 2  # placements x (L+1 rows for L=1,2) x seeds
+    assert set(df["seed"]) == {0, 1}
+    again = probe_sweep(residual_norms, lambda s: _batch(), {"seed": [1]}, model_kwargs={**kw, "n_layers": 2})
+    same = df[(df["seed"] == 1) & (df["placement"] == "pre") & (df["n_layers"] == 2)]
+    assert again["norm_mean"].tolist() == same["norm_mean"].tolist()
+
+
+def test_update_sensitivity_restores_parameters_and_moves_output():
+    m = _model("post")
+    before = [p.detach().clone() for p in m.parameters()]
+    small = update_sensitivity(m, _batch(), lr=1e-5)
+    big = update_sensitivity(m, _batch(), lr=1e-3)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before, strict=True))
+    assert 0 < small.loc[0, "rel_output_change"] < big.loc[0, "rel_output_change"]
+    # in the linear regime the change is proportional to the step size
+    tiny = update_sensitivity(m, _batch(), lr=1e-6)
+    assert abs(small.loc[0, "rel_output_change"] / tiny.loc[0, "rel_output_change"] - 10) < 0.5
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got 0"):
+        update_sensitivity(m, _batch(), lr=0)

@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+
+from prenorm import TransformerLM, lr_at, sweep, train
+
+
+def _tiny(corpus, placement="pre", seed=0, n_layers=2):
+    torch.manual_seed(seed)
+    return TransformerLM(corpus.vocab_size, 32, n_layers, 2, 16, placement=placement)
+
+
+def test_training_lowers_the_loss(corpus):
+    r = train(_tiny(corpus), corpus, steps=60, lr=3e-3, batch_size=8, device="cpu")
+    h = r.history
+    assert not r.diverged and len(h) == 60
+    assert h["train_loss"].tail(10).mean() < h["train_loss"].head(5).mean() - 0.8
+    assert list(h.columns) == ["step", "lr", "train_loss", "grad_norm", "val_loss"]
+    assert h["val_loss"].notna().sum() == 10  # every steps // 10
+    assert math.isfinite(r.final_val_loss)
+
+
+def test_same_seed_same_losses(corpus):
+    a = train(_tiny(corpus, seed=5), corpus, steps=15, lr=1e-3, batch_size=4, seed=7, device="cpu")
+    b = train(_tiny(corpus, seed=5), corpus, steps=15, lr=1e-3, batch_size=4, seed=7, device="cpu")
+    c = train(_tiny(corpus, seed=5), corpus, steps=15, lr=1e-3, batch_size=4, seed=8, device="cpu")
+    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+    assert a.history["train_loss"].tolist() != c.history["train_loss"].tolist()
+
+
+def test_blow_up_is_caught_and_flagged(corpus):
+    r = train(
+        _tiny(corpus, "post"),
+        corpus,
+        steps=50,
+        lr=50.0,
+        optimizer="sgd",
+        batch_size=4,
+        device="cpu",
+    )
+    assert r.diverged and r.diverged_at is not None and r.diverged_at < 50
+    assert len(r.history) <= r.diverged_at + 1
+    assert r.history[["train_loss", "grad_norm"]].map(math.isfinite).all().all()
+
+
+def test_nan_loss_is_caught(corpus):
+    model = _tiny(corpus)
+    calls = {"n": 0}
+
+    def poison(_module, _inp, out):
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 4 else out
+
+    model.blocks[0].register_forward_hook(poison)
+    r = train(model, corpus, steps=10, lr=1e-3, batch_size=4, device="cpu", eval_interval=100)
+    assert r.diverged and r.diverged_at == 3 and len(r.history) == 3
+
+
+def test_warmup_and_schedules():
+    assert lr_at(0, 1.0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 100, warmup_steps=10) == pytest.approx(1.0)
+    assert lr_at(50, 1.0, 100, schedule="constant") == 1.0
+    assert lr_at(100, 1.0, 100, schedule="cosine") == pytest.approx(0.1)
+    assert lr_at(100, 1.0, 100, schedule="linear") == pytest.approx(0.0)
+    assert lr_at(39, 1.0, 100, warmup_steps=10, schedule="inverse_sqrt") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"'step'.*'constant', 'cosine'"):
+        lr_at(0, 1.0, 10, schedule="step")
+
+
+def test_sweep_grid(corpus):
+    df = sweep(
+        corpus,
+        {"placement": ["pre", "post"], "lr": [1e-3], "n_layers": [1, 2], "seed": [0]},
+        model_kwargs=dict(d_model=16, n_heads=2, seq_len=8),
+        train_kwargs=dict(steps=3, batch_size=2, device="cpu"),
+        progress=False,
+    )
+    assert len(df) == 4
+    assert set(df["placement"]) == {"pre", "post"} and set(df["n_layers"]) == {1, 2}
+    assert {"diverged", "final_train_loss", "final_val_loss"} <= set(df.columns)
+    hist = sweep(
+        corpus,
+        {"warmup_steps": [0, 2]},
+        model_kwargs=dict(d_model=16, n_heads=2, seq_len=8, n_layers=1),
+        train_kwargs=dict(steps=3, lr=1e-3, batch_size=2, device="cpu"),
+        history=True,
+        progress=False,
+    )
+    assert len(hist) == 6 and set(hist["warmup_steps"]) == {0, 2}
+
+
+def test_bad_training_input(corpus):
+    m = _tiny(corpus)
+    with pytest.raises(ValueError, match="'lion'.*'adam', 'adamw', 'sgd'"):
+        train(m, corpus, steps=1, lr=1e-3, optimizer="lion", device="cpu")
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
+        train(m, corpus, steps=1, lr=-1, device="cpu")
+    with pytest.raises(ValueError, match="unknown schedule 'exp'"):
+        train(m, corpus, steps=1, lr=1e-3, schedule="exp", device="cpu")
+    with pytest.raises(ValueError, match=r"unknown sweep keys \['depth'\]"):
+        sweep(corpus, {"depth": [1]}, progress=False)
