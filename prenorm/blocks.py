@@ -4,14 +4,14 @@ A block has two sublayers, ``"attn"`` and ``"mlp"``. Each sublayer is one
 *residual step* :math:`x \mapsto x'`, built from a *branch* :math:`F` (the part
 that is added to the residual stream) and the placement's norms:
 
-=============  ================================================  ==========================
-placement      residual step                                     source
-=============  ================================================  ==========================
-``post``       :math:`x' = \mathrm{LN}(x + F(x))`                Vaswani et al. 2017
-``pre``        :math:`x' = x + F(\mathrm{LN}(x))`                GPT-2, Xiong et al. 2020
-``sandwich``   :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))` Gemma 2, Peri-LN
-``deepnorm``   :math:`x' = \mathrm{LN}(\alpha x + F(x))`         Wang et al. 2022
-=============  ================================================  ==========================
+=============  ===================================================  ==========================
+placement      residual step                                        source
+=============  ===================================================  ==========================
+``post``       :math:`x' = \mathrm{LN}(x + F(x))`                   Vaswani et al. 2017
+``pre``        :math:`x' = x + F(\mathrm{LN}(x))`                   GPT-2, Xiong et al. 2020
+``sandwich``   :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`    Gemma 2, Peri-LN
+``deepnorm``   :math:`x' = \mathrm{LN}(\alpha x + F(x))`            Wang et al. 2022
+=============  ===================================================  ==========================
 
 ``Block.branch(which, x)`` evaluates the branch alone, *including* any norm that
 sits inside it (so for Pre-LN it is :math:`F(\mathrm{LN}(x))`), which is what the

@@ -22,6 +22,13 @@ PLACEMENT_COLORS: dict[str, str] = {
     "deepnorm": "#8172b3",
 }
 NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452"}
+INIT_COLORS: dict[str, str] = {
+    "pytorch": "#937860",
+    "gpt2": "#2a9d8f",
+    "xavier": "#e9a03b",
+    "xiong": "#da8bc3",
+    "deepnorm": "#8172b3",
+}
 PLACEMENT_LABELS: dict[str, str] = {
     "post": "Post-LN",
     "pre": "Pre-LN",
@@ -47,9 +54,9 @@ def set_style() -> None:
 
 
 def palette(hue: str, levels: Sequence[object]) -> dict[object, str] | list[str]:
-    """Colours for ``levels`` of a ``hue`` column: the fixed placement or norm colours
+    """Colours for ``levels`` of a ``hue`` column: the fixed placement, norm or init colours
     where they apply, otherwise a sequential palette (for depths, seeds, ...)."""
-    fixed = {"placement": PLACEMENT_COLORS, "norm": NORM_COLORS}.get(hue)
+    fixed = {"placement": PLACEMENT_COLORS, "norm": NORM_COLORS, "init": INIT_COLORS}.get(hue)
     if fixed is not None and all(lv in fixed for lv in levels):
         return {lv: fixed[lv] for lv in levels}
     return sns.color_palette("viridis", n_colors=len(levels))
@@ -207,3 +214,84 @@ def glue(name: str, value: object) -> object:
         return value
     _glue(name, value, display=False)
     return value
+
+
+def draw_placements(
+    placements: Sequence[str] = ("post", "pre"), figsize: tuple[float, float] = (8.0, 4.6)
+):
+    """Draw the data path of one residual step for each placement, side by side.
+
+    The skip path is drawn in the placement's colour; a norm that sits *on* the
+    skip path (Post-LN, DeepNorm) is filled red, a norm inside the branch is grey.
+    Returns the matplotlib figure.
+    """
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    from .blocks import get_placement
+
+    fig, axes = plt.subplots(1, len(placements), figsize=figsize)
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, placements, strict=True):
+        spec = get_placement(name)
+        color = PLACEMENT_COLORS.get(name, "k")
+        ax.set_xlim(0, 4)
+        ax.set_ylim(-0.4, 7.6)
+        ax.axis("off")
+        ax.set_title(PLACEMENT_LABELS.get(name, name), color=color, fontweight="bold")
+        skip_x, br_x = 1.0, 3.0
+
+        def box(x: float, y: float, text: str, fc: str, ec: str = "#333333", ax: Axes = ax) -> None:
+            ax.add_patch(
+                FancyBboxPatch(
+                    (x - 0.55, y - 0.3), 1.1, 0.6, boxstyle="round,pad=0.05", fc=fc, ec=ec, lw=1.2
+                )
+            )
+            ax.text(x, y, text, ha="center", va="center", fontsize=10)
+
+        def arrow(
+            p: tuple[float, float],
+            q: tuple[float, float],
+            c: str = "#555555",
+            lw: float = 1.4,
+            ax: Axes = ax,
+        ) -> None:
+            ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=11, color=c, lw=lw))
+
+        ax.text(skip_x, -0.1, r"$x_l$", ha="center", va="center", fontsize=12)
+        # branch: optional norm in, the sublayer F, optional norm out
+        y = 2.0
+        arrow((skip_x, 0.2), (skip_x, 1.0), color, 2.4)
+        ax.plot([skip_x, br_x], [1.0, 1.0], color="#555555", lw=1.4)
+        if spec.norm_in:
+            arrow((br_x, 1.0), (br_x, y - 0.35))
+            box(br_x, y, "LN", "#dddddd")
+            y += 1.3
+        arrow((br_x, y - 1.3 + 0.3 if spec.norm_in else 1.0), (br_x, y - 0.35))
+        box(br_x, y, "$F_l$\n(attn / MLP)", "#f5f5f5")
+        y += 1.3
+        if spec.norm_out:
+            arrow((br_x, y - 1.0), (br_x, y - 0.35))
+            box(br_x, y, "LN", "#dddddd")
+            y += 1.3
+        add_y = y
+        ax.plot([br_x, br_x], [y - 1.0, add_y], color="#555555", lw=1.4)
+        arrow((br_x, add_y), (skip_x + 0.3, add_y))
+        # skip path up to the addition
+        skip_label = r"$\alpha\,\cdot$" if spec.scaled_residual else ""
+        arrow((skip_x, 1.0), (skip_x, add_y - 0.3), color, 2.4)
+        if skip_label:
+            ax.text(
+                skip_x - 0.35, (1.0 + add_y) / 2, skip_label, ha="right", va="center", fontsize=11
+            )
+        ax.add_patch(plt.Circle((skip_x, add_y), 0.28, fc="white", ec="#333333", lw=1.2))
+        ax.text(skip_x, add_y, "+", ha="center", va="center", fontsize=13)
+        y = add_y + 1.3
+        if spec.norm_after:
+            arrow((skip_x, add_y + 0.3), (skip_x, y - 0.35), color, 2.4)
+            box(skip_x, y, "LN", "#f4b6b6", ec=PLACEMENT_COLORS["post"])
+            ax.text(skip_x + 0.7, y, "on the skip path", fontsize=8.5, va="center", color="#a33")
+            y += 1.2
+        arrow((skip_x, y - (1.2 if spec.norm_after else 1.3) + 0.3), (skip_x, y - 0.1), color, 2.4)
+        ax.text(skip_x, y + 0.15, r"$x_{l+1}$", ha="center", va="center", fontsize=12)
+    fig.tight_layout()
+    return fig

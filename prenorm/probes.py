@@ -22,7 +22,7 @@ from torch.func import jacrev, jvp, vjp
 
 from .blocks import SUBLAYERS, Block
 from .model import TransformerLM, build_model
-from .norms import _check_tensor
+from .norms import LayerNorm, _check_tensor
 
 Batch = tuple[Tensor, Tensor]
 
@@ -126,6 +126,7 @@ def spectral_norm(
     (forward mode) and one vector-Jacobian product (reverse mode), so the
     Jacobian is never formed and memory stays that of two passes. Stops when the
     estimate changes by less than ``tol`` (relative) or after ``iters`` steps.
+    ``end_to_end_spectral_norms`` passes ``iters``, ``tol`` and ``seed`` through.
     """
     _check_tensor(x, "x")
     if iters < 1:
@@ -267,6 +268,7 @@ def end_to_end_spectral_norms(
     layers: list[int] | None = None,
     include_final_norm: bool = True,
     iters: int = 50,
+    tol: float = 1e-4,
     seed: int = 0,
 ) -> pd.DataFrame:
     r"""Spectral norm of the map from the residual state :math:`x_l` to the model's
@@ -299,7 +301,7 @@ def end_to_end_spectral_norms(
                 h = blk(h)
             return model.final_norm(h) if include_final_norm else h
 
-        rows.append({"layer": l, "spectral_norm": spectral_norm(tail, states[l], iters, seed=seed)})
+        rows.append({"layer": l, "spectral_norm": spectral_norm(tail, states[l], iters, tol, seed)})
     return pd.DataFrame(rows).assign(**_meta(model), final_norm=include_final_norm)
 
 
@@ -369,3 +371,117 @@ def probe_sweep(
         b = batch(seed) if callable(batch) else batch
         frames.append(probe(model, b, **probe_kwargs).assign(**point))
     return pd.concat(frames, ignore_index=True)
+
+
+def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""The scale each norm divides by, at every norm of every block.
+
+    For a LayerNorm that is :math:`\sigma = \sqrt{\mathrm{var}(s) + \epsilon}` of its
+    input :math:`s`; for an RMSNorm, :math:`\mathrm{RMS}(s)`. By chapter 2, a norm's
+    Jacobian has spectral norm :math:`1/\sigma` (with :math:`\gamma = 1`). One row per
+    (layer, norm): ``layer``, ``sublayer``, ``slot`` (``"in"``, ``"out"`` or
+    ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``inv_scale_mean``.
+    """
+    x0, _ = _stream_input(model, batch)
+    rows: list[dict[str, object]] = []
+    handles = []
+    for l, blk in enumerate(model.blocks):
+        for key, norm in blk.norms.items():
+            which, slot = key.split("_")
+
+            def hook(
+                mod: torch.nn.Module,
+                args: tuple[Tensor, ...],
+                l: int = l,
+                which: str = which,
+                slot: str = slot,
+            ) -> None:
+                s = args[0].detach()
+                if isinstance(mod, LayerNorm):
+                    scale = (s.var(dim=-1, unbiased=False) + mod.eps).sqrt()
+                else:
+                    scale = ((s * s).mean(dim=-1) + mod.eps).sqrt()
+                scale = scale.flatten()
+                rows.append(
+                    {
+                        "layer": l,
+                        "sublayer": which,
+                        "slot": slot,
+                        "scale_mean": scale.mean().item(),
+                        "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
+                        "inv_scale_mean": (1 / scale).mean().item(),
+                    }
+                )
+
+            handles.append(norm.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.residual_stream(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    return pd.DataFrame(rows).assign(**_meta(model))
+
+
+def step_jacobian_parts(block: Block, x: Tensor, which: str) -> dict[str, Tensor]:
+    r"""The exact Jacobian of one residual step and the factors its placement predicts.
+
+    For one sequence ``x`` of shape ``(T, d)`` returns ``(T·d, T·d)`` matrices:
+    ``"step"`` (autograd, :func:`block_jacobian`), ``"branch"`` (:math:`J_F`, autograd),
+    ``"skip"`` (:math:`\alpha I`) and ``"norm"``: the closed-form Jacobian
+    (:func:`~prenorm.layernorm_jacobian` or :func:`~prenorm.rmsnorm_jacobian`) of the
+    norm applied after the addition, evaluated at :math:`s = \alpha x + F(x)` and
+    block-diagonal over tokens, or the identity when the placement has none. For
+    every placement,
+
+    .. math:: J_{\text{step}} = J_{\text{norm}}\,(\alpha I + J_F),
+
+    which is :math:`I + J_F` for Pre-LN and :math:`J_{\mathrm{LN}}(I + J_F)` for Post-LN.
+    """
+    from .norms import layernorm_jacobian, rmsnorm_jacobian
+
+    x = _seq_input(x, block.attn.qkv.in_features)
+    T, d = x.shape
+    n = T * d
+    step = block_jacobian(block, x, which).reshape(n, n)
+    branch = branch_jacobian(block, x, which).reshape(n, n)
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    key = f"{which}_after"
+    if key in block.norms:
+        norm = block.norms[key]
+        with torch.no_grad():
+            s = block.alpha * x + block.branch(which, x.unsqueeze(0))[0]
+        jac = layernorm_jacobian if isinstance(norm, LayerNorm) else rmsnorm_jacobian
+        per_token = jac(s, norm.weight.detach(), norm.eps)
+        norm_j = torch.block_diag(*per_token)
+    else:
+        norm_j = eye
+    return {"step": step, "branch": branch, "skip": block.alpha * eye, "norm": norm_j}
+
+
+def layer_ablation(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""How much each layer contributes: the loss increase when block ``l`` is
+    skipped (:math:`x_{l+1} := x_l`) and every other block runs as usual.
+
+    One row per layer: ``layer``, ``loss`` (the full model's), ``ablated_loss``,
+    ``loss_increase``, plus the model's metadata. Evaluated without gradients.
+    """
+    x0, y = _stream_input(model, batch)
+    with torch.no_grad():
+        full = _loss(model, model.residual_stream(x0)[-1], y).item()
+        rows = []
+        for skip in range(model.n_layers):
+            h = x0
+            for l, blk in enumerate(model.blocks):
+                if l != skip:
+                    h = blk(h)
+            ablated = _loss(model, h, y).item()
+            rows.append(
+                {
+                    "layer": skip,
+                    "loss": full,
+                    "ablated_loss": ablated,
+                    "loss_increase": ablated - full,
+                }
+            )
+    return pd.DataFrame(rows).assign(**_meta(model))

@@ -8,6 +8,7 @@ from prenorm import (
     branch_jacobian,
     layernorm_jacobian,
     rmsnorm_jacobian,
+    step_jacobian_parts,
 )
 
 T, D = 5, 16
@@ -131,3 +132,15 @@ def test_bad_block_arguments():
         branch_jacobian(blk, torch.full((T, D), float("inf")), "mlp")
     with pytest.raises(TypeError, match="floating-point"):
         block_jacobian(blk, torch.ones(T, D, dtype=torch.long))
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_step_jacobian_parts_factorize(placement, norm):
+    blk = _block(placement, norm)
+    x = torch.randn(T, D) * 1.5
+    for which in ("attn", "mlp"):
+        p = step_jacobian_parts(blk, x, which)
+        assert (p["step"] - p["norm"] @ (p["skip"] + p["branch"])).abs().max() <= 1e-5
+        has_after = placement in ("post", "deepnorm")
+        assert torch.equal(p["norm"], torch.eye(T * D)) != has_after

@@ -7,6 +7,8 @@ from prenorm import (
     branch_ratios,
     end_to_end_spectral_norms,
     hidden_grad_norms,
+    layer_ablation,
+    norm_input_scales,
     param_grad_norms,
     probe_sweep,
     residual_norms,
@@ -133,7 +135,9 @@ def test_probe_sweep_grid_and_seeding():
     )
     assert len(df) == 2 * (2 + 3) * 2  # placements x (L+1 rows for L=1,2) x seeds
     assert set(df["seed"]) == {0, 1}
-    again = probe_sweep(residual_norms, lambda s: _batch(), {"seed": [1]}, model_kwargs={**kw, "n_layers": 2})
+    again = probe_sweep(
+        residual_norms, lambda s: _batch(), {"seed": [1]}, model_kwargs={**kw, "n_layers": 2}
+    )
     same = df[(df["seed"] == 1) & (df["placement"] == "pre") & (df["n_layers"] == 2)]
     assert again["norm_mean"].tolist() == same["norm_mean"].tolist()
 
@@ -150,3 +154,41 @@ def test_update_sensitivity_restores_parameters_and_moves_output():
     assert abs(small.loc[0, "rel_output_change"] / tiny.loc[0, "rel_output_change"] - 10) < 0.5
     with pytest.raises(ValueError, match="lr must be a positive finite number, got 0"):
         update_sensitivity(m, _batch(), lr=0)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_norm_input_scales_match_the_norm_inputs(norm):
+    torch.manual_seed(0)
+    m = TransformerLM(V, D, L, H, T, placement="post", norm=norm)
+    x, y = _batch()
+    df = norm_input_scales(m, (x, y))
+    assert len(df) == 2 * L and set(df["slot"]) == {"after"}
+    # by hand: the input of the first block's attention norm is x0 + F(x0)
+    x0 = m.embed(x)
+    s = x0 + m.blocks[0].branch("attn", x0)
+    if norm == "layernorm":
+        expected = (s.var(-1, unbiased=False) + 1e-5).sqrt().mean().item()
+    else:
+        expected = (s.pow(2).mean(-1) + 1e-6).sqrt().mean().item()
+    row = df[(df.layer == 0) & (df.sublayer == "attn")].iloc[0]
+    assert abs(row["scale_mean"] - expected) < 1e-6
+    pre = norm_input_scales(_model("pre"), (x, y))
+    assert set(pre["slot"]) == {"in"} and not any(
+        h for b in m.blocks for h in b.norms.values() if h._forward_pre_hooks
+    )
+
+
+def test_layer_ablation_skips_exactly_one_block():
+    m = _model("pre")
+    x, y = _batch()
+    df = layer_ablation(m, (x, y))
+    assert list(df["layer"]) == list(range(L))
+    full = m(x, y)[1].item()
+    assert abs(df.loc[0, "loss"] - full) < 1e-6
+    h = m.embed(x)
+    for blk in (m.blocks[0], m.blocks[2]):
+        h = blk(h)
+    by_hand = torch.nn.functional.cross_entropy(
+        m.head(m.final_norm(h)).flatten(0, 1), y.flatten()
+    ).item()
+    assert abs(df.loc[1, "ablated_loss"] - by_hand) < 1e-6
