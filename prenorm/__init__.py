@@ -9,7 +9,7 @@ the book's plotting style (:mod:`prenorm.plotting`).
 """
 
 from .blocks import MLP, PLACEMENTS, SUBLAYERS, Block, CausalSelfAttention, Placement, get_placement
-from .data import CORPORA, Corpus, load_corpus
+from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, SCALES, Scale, amp_dtype, device, scale, setup_cpu
 from .model import INITS, TransformerLM, build_model
 from .norms import NORMS, LayerNorm, RMSNorm, layernorm_jacobian, make_norm, rmsnorm_jacobian
@@ -79,6 +79,7 @@ __all__ = [
     "draw_placements",
     "end_to_end_spectral_norms",
     "evaluate",
+    "gaussian_batch",
     "get_placement",
     "glue",
     "hidden_grad_norms",

@@ -160,3 +160,21 @@ def load_corpus(name: str = "python-docs", val_fraction: float = 0.1) -> Corpus:
             )
             return Corpus("python-docs", _python_docs_text(), val_fraction)
     raise ValueError(f"unknown corpus {name!r}; valid corpora are {', '.join(map(repr, CORPORA))}")
+
+
+def gaussian_batch(
+    batch_size: int,
+    seq_len: int,
+    d_model: int,
+    vocab_size: int,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""The input of Xiong et al.'s theory setting: a residual-stream batch
+    :math:`x \sim N(0, I)` of shape ``(B, T, d)`` (so :math:`E\|x_t\|^2 = d`) and
+    uniformly random targets ``(B, T)``. Deterministic given ``seed``; probes accept
+    it wherever they accept token ids."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, seq_len, d_model, generator=g)
+    y = torch.randint(vocab_size, (batch_size, seq_len), generator=g)
+    return (x.to(device), y.to(device)) if device is not None else (x, y)

@@ -209,7 +209,8 @@ def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     :math:`\|\partial \mathcal L / \partial x_l\|` for :math:`l = 0..L`.
 
     Columns: ``layer``, ``grad_norm`` (Frobenius norm over the whole batch),
-    ``grad_norm_token`` (mean per-token norm), plus the model's metadata.
+    ``grad_norm_token`` (mean per-token norm), ``relative`` (``grad_norm`` over its
+    value at the top, :math:`l = L`), plus the model's metadata.
     The loss is the mean cross-entropy, so absolute values scale with 1/(B·T);
     compare layers, not batch sizes.
     """
@@ -226,7 +227,9 @@ def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
         }
         for l, g in enumerate(grads)
     ]
-    return pd.DataFrame(rows).assign(**_meta(model))
+    df = pd.DataFrame(rows)
+    df["relative"] = df["grad_norm"] / df["grad_norm"].iloc[-1]
+    return df.assign(**_meta(model))
 
 
 def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:

@@ -43,6 +43,14 @@ def test_shakespeare_falls_back_offline(monkeypatch, tmp_path):
     assert c.name == "python-docs"
 
 
+def test_gaussian_batch_is_seeded_and_unit_variance():
+    x, y = prenorm.gaussian_batch(64, 8, 32, vocab_size=11, seed=3)
+    x2, y2 = prenorm.gaussian_batch(64, 8, 32, vocab_size=11, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.shape == (64, 8, 32) and y.shape == (64, 8) and y.max() < 11
+    assert abs(x.pow(2).sum(-1).mean().item() / 32 - 1) < 0.05
+
+
 def test_scale_selection(monkeypatch):
     monkeypatch.setenv("PRENORM_SCALE", "ci")
     assert scale() is PRESETS["ci"]

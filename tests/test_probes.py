@@ -64,6 +64,8 @@ def test_hidden_grad_norms_match_autograd():
     loss = torch.nn.functional.cross_entropy(m.head(m.final_norm(h)).flatten(0, 1), y.flatten())
     (g,) = torch.autograd.grad(loss, x1)
     assert abs(df.loc[1, "grad_norm"] - g.norm().item()) < 1e-6
+    assert df["relative"].iloc[-1] == 1.0
+    assert abs(df.loc[1, "relative"] - g.norm().item() / df["grad_norm"].iloc[-1]) < 1e-6
 
 
 def test_param_grad_norms_match_backward():
