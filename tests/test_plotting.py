@@ -1,0 +1,79 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+
+import prenorm as P  # noqa: E402
+
+
+def _history():
+    rows = []
+    for placement, diverged in (("post", True), ("pre", False)):
+        n = 5 if diverged else 10
+        for step in range(n):
+            rows.append(
+                {
+                    "step": step,
+                    "train_loss": 4.0 - 0.1 * step,
+                    "val_loss": float("nan"),
+                    "placement": placement,
+                    "seed": 0,
+                    "diverged": diverged,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_per_layer_uses_fixed_placement_colours():
+    P.set_style()
+    df = pd.DataFrame(
+        {
+            "layer": [0, 1, 0, 1],
+            "y": [1.0, 2.0, 1.0, 1.0],
+            "placement": ["post", "post", "pre", "pre"],
+        }
+    )
+    fig, ax = plt.subplots()
+    P.plot_per_layer(df, "y", ax=ax)
+    colours = {to_hex(line.get_color()) for line in ax.get_lines() if len(line.get_xdata()) == 2}
+    assert {P.PLACEMENT_COLORS["post"], P.PLACEMENT_COLORS["pre"]} <= colours
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Post-LN", "Pre-LN"]
+    plt.close(fig)
+
+
+def test_loss_curves_mark_the_diverged_run():
+    fig, ax = plt.subplots()
+    P.plot_loss_curves(_history(), ax=ax, smooth=1)
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1
+    assert (
+        crosses[0].get_xdata()[0] == 4
+        and to_hex(crosses[0].get_color()) == P.PLACEMENT_COLORS["post"]
+    )
+    plt.close(fig)
+
+
+def test_grid_annotates_diverged_cells():
+    runs = pd.DataFrame(
+        {
+            "lr": [1e-3, 1e-3, 3e-3, 3e-3],
+            "warmup_steps": [0, 100, 0, 100],
+            "final_train_loss": [2.0, 1.9, 4.5, 2.1],
+            "diverged": [False, False, True, False],
+        }
+    )
+    fig, ax = plt.subplots()
+    P.plot_grid(runs, ax=ax)
+    texts = [t.get_text() for t in ax.texts]
+    assert sum("div" in t for t in texts) == 1 and "1.90" in texts
+    plt.close(fig)
+
+
+def test_diagram_draws_every_placement():
+    fig = P.draw_placements(tuple(P.PLACEMENTS))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [P.PLACEMENT_LABELS[p] for p in P.PLACEMENTS]
+    plt.close(fig)
