@@ -41,6 +41,14 @@ class LayerNorm(nn.Module):
         y = xc * torch.rsqrt(var + self.eps) * self.weight
         return y + self.bias if self.bias is not None else y
 
+    def scale(self, x: Tensor) -> Tensor:
+        r"""The per-token :math:`\sigma = \sqrt{\mathrm{var}(x) + \epsilon}` this norm divides by, shape ``x.shape[:-1]``."""
+        return _ln_sigma(x, self.eps).squeeze(-1)
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Closed-form Jacobian at ``x`` with this module's weight: :func:`layernorm_jacobian`."""
+        return layernorm_jacobian(x, self.weight.detach(), self.eps)
+
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}, bias={self.bias is not None}"
 
@@ -66,6 +74,14 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, "RMSNorm")
         return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+    def scale(self, x: Tensor) -> Tensor:
+        r"""The per-token :math:`r = \sqrt{\mathrm{mean}(x^2) + \epsilon}` this norm divides by, shape ``x.shape[:-1]``."""
+        return _rms(x, self.eps).squeeze(-1)
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Closed-form Jacobian at ``x`` with this module's weight: :func:`rmsnorm_jacobian`."""
+        return rmsnorm_jacobian(x, self.weight.detach(), self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}"
@@ -100,9 +116,8 @@ def layernorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-
     """
     _check_tensor(x, "x")
     d = x.shape[-1]
-    mu = x.mean(dim=-1, keepdim=True)
-    sigma = torch.sqrt(((x - mu) ** 2).mean(dim=-1, keepdim=True) + eps)
-    xhat = (x - mu) / sigma
+    sigma = _ln_sigma(x, eps)
+    xhat = (x - x.mean(dim=-1, keepdim=True)) / sigma
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     proj = eye - 1.0 / d - xhat.unsqueeze(-1) * xhat.unsqueeze(-2) / d
     jac = proj / sigma.unsqueeze(-1)
@@ -122,11 +137,21 @@ def rmsnorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6)
     """
     _check_tensor(x, "x")
     d = x.shape[-1]
-    r = torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
+    r = _rms(x, eps)
     xhat = x / r
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     jac = (eye - xhat.unsqueeze(-1) * xhat.unsqueeze(-2) / d) / r.unsqueeze(-1)
     return _scale_rows(jac, weight, d)
+
+
+def _ln_sigma(x: Tensor, eps: float) -> Tensor:
+    """sqrt(population variance + eps) over the last dimension, kept as a size-1 dim."""
+    return torch.sqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)
+
+
+def _rms(x: Tensor, eps: float) -> Tensor:
+    """sqrt(mean(x^2) + eps) over the last dimension, kept as a size-1 dim."""
+    return torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
 
 
 def _scale_rows(jac: Tensor, weight: Tensor | None, d: int) -> Tensor:

@@ -22,7 +22,7 @@ from torch.func import jacrev, jvp, vjp
 
 from .blocks import SUBLAYERS, Block
 from .model import TransformerLM, build_model
-from .norms import LayerNorm, _check_tensor
+from .norms import _check_tensor
 
 Batch = tuple[Tensor, Tensor]
 
@@ -126,7 +126,6 @@ def spectral_norm(
     (forward mode) and one vector-Jacobian product (reverse mode), so the
     Jacobian is never formed and memory stays that of two passes. Stops when the
     estimate changes by less than ``tol`` (relative) or after ``iters`` steps.
-    ``end_to_end_spectral_norms`` passes ``iters``, ``tol`` and ``seed`` through.
     """
     _check_tensor(x, "x")
     if iters < 1:
@@ -280,7 +279,8 @@ def end_to_end_spectral_norms(
 
     ``x`` is token ids ``(1, T)`` or a residual input ``(1, T, d)``. With
     ``include_final_norm=False`` the output is :math:`x_L` itself. Uses
-    :func:`spectral_norm`, so it scales to wide and deep models.
+    :func:`spectral_norm` (``iters``, ``tol`` and ``seed`` are passed through), so it
+    scales to wide and deep models.
     Columns: ``layer``, ``spectral_norm``, plus the model's metadata.
     """
     if x.dtype == torch.long:
@@ -399,12 +399,7 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                 which: str = which,
                 slot: str = slot,
             ) -> None:
-                s = args[0].detach()
-                if isinstance(mod, LayerNorm):
-                    scale = (s.var(dim=-1, unbiased=False) + mod.eps).sqrt()
-                else:
-                    scale = ((s * s).mean(dim=-1) + mod.eps).sqrt()
-                scale = scale.flatten()
+                scale = mod.scale(args[0].detach()).flatten()
                 rows.append(
                     {
                         "layer": l,
@@ -441,8 +436,6 @@ def step_jacobian_parts(block: Block, x: Tensor, which: str) -> dict[str, Tensor
 
     which is :math:`I + J_F` for Pre-LN and :math:`J_{\mathrm{LN}}(I + J_F)` for Post-LN.
     """
-    from .norms import layernorm_jacobian, rmsnorm_jacobian
-
     x = _seq_input(x, block.attn.qkv.in_features)
     T, d = x.shape
     n = T * d
@@ -454,9 +447,7 @@ def step_jacobian_parts(block: Block, x: Tensor, which: str) -> dict[str, Tensor
         norm = block.norms[key]
         with torch.no_grad():
             s = block.alpha * x + block.branch(which, x.unsqueeze(0))[0]
-        jac = layernorm_jacobian if isinstance(norm, LayerNorm) else rmsnorm_jacobian
-        per_token = jac(s, norm.weight.detach(), norm.eps)
-        norm_j = torch.block_diag(*per_token)
+        norm_j = torch.block_diag(*norm.jacobian(s))
     else:
         norm_j = eye
     return {"step": step, "branch": branch, "skip": block.alpha * eye, "norm": norm_j}

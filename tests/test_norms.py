@@ -106,3 +106,19 @@ def test_make_norm_and_bad_input():
         layernorm_jacobian(torch.randn(4), weight=torch.ones(3))
     with pytest.raises(ValueError, match="d=0"):
         RMSNorm(0)
+
+
+def test_norm_modules_expose_scale_and_jacobian():
+    x = torch.randn(3, 5, 16) * 2 + 1
+    ln, rn = LayerNorm(16), RMSNorm(16)
+    with torch.no_grad():
+        ln.weight.mul_(1.5)
+        rn.weight.mul_(0.5)
+    assert torch.allclose(ln.scale(x), torch.sqrt(x.var(-1, unbiased=False) + 1e-5))
+    assert torch.allclose(rn.scale(x), torch.sqrt(x.pow(2).mean(-1) + 1e-6))
+    # the scale is what the module divides by: (x - mean) / scale * gamma is its output
+    assert torch.allclose(
+        ln(x), (x - x.mean(-1, keepdim=True)) / ln.scale(x)[..., None] * 1.5, atol=1e-5
+    )
+    assert torch.equal(ln.jacobian(x), layernorm_jacobian(x, ln.weight.detach(), ln.eps))
+    assert torch.equal(rn.jacobian(x), rmsnorm_jacobian(x, rn.weight.detach(), rn.eps))
