@@ -82,31 +82,53 @@ def plot_per_layer(
     ylabel: str | None = None,
     xlabel: str = "layer index $l$",
     title: str | None = None,
+    spread: str = "sd",
 ) -> Axes:
-    """A per-layer curve (mean over seeds, band = one standard deviation), one line
-    per ``hue`` level and optional ``style`` level."""
+    """A per-layer curve (mean over seeds), one line per ``hue`` level and optional
+    ``style`` level. ``spread="sd"`` shades one standard deviation over seeds;
+    ``spread="points"`` draws every observation instead (better for two or three seeds)."""
+    if spread not in ("sd", "points"):
+        raise ValueError(f"unknown spread {spread!r}; valid choices are 'sd', 'points'")
     ax = ax or plt.gca()
     levels = list(dict.fromkeys(df[hue]))
+    colours = palette(hue, levels)
     sns.lineplot(
         data=df,
         x=x,
         y=y,
         hue=hue,
         style=style,
-        palette=palette(hue, levels),
-        errorbar="sd",
+        palette=colours,
+        errorbar="sd" if spread == "sd" else None,
         marker="o",
         markersize=4,
         ax=ax,
     )
+    if spread == "points":
+        sns.scatterplot(
+            data=df, x=x, y=y, hue=hue, palette=colours, s=14, alpha=0.5, legend=False, ax=ax
+        )
     if logy:
-        ax.set_yscale("log")
+        _log_axis(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or y)
     if title:
         ax.set_title(title)
     label_placements(ax)
     return ax
+
+
+def _log_axis(ax: Axes) -> None:
+    """Log y axis; when the data span less than a decade, label plain numbers at a
+    few evenly spaced ticks (a log axis otherwise shows one lonely label)."""
+    from matplotlib import ticker
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if hi / lo < 10:
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(5))
+        ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
 
 
 def plot_loss_curves(
@@ -243,7 +265,7 @@ def draw_placements(
         def box(x: float, y: float, text: str, fc: str, ec: str = "#333333", ax: Axes = ax) -> None:
             ax.add_patch(
                 FancyBboxPatch(
-                    (x - 0.55, y - 0.3), 1.1, 0.6, boxstyle="round,pad=0.05", fc=fc, ec=ec, lw=1.2
+                    (x - 0.8, y - 0.3), 1.6, 0.6, boxstyle="round,pad=0.05", fc=fc, ec=ec, lw=1.2
                 )
             )
             ax.text(x, y, text, ha="center", va="center", fontsize=10)
@@ -289,7 +311,7 @@ def draw_placements(
         if spec.norm_after:
             arrow((skip_x, add_y + 0.3), (skip_x, y - 0.35), color, 2.4)
             box(skip_x, y, "LN", "#f4b6b6", ec=PLACEMENT_COLORS["post"])
-            ax.text(skip_x + 0.7, y, "on the skip path", fontsize=8.5, va="center", color="#a33")
+            ax.text(skip_x + 0.95, y, "on the skip path", fontsize=8.5, va="center", color="#a33")
             y += 1.2
         arrow((skip_x, y - (1.2 if spec.norm_after else 1.3) + 0.3), (skip_x, y - 0.1), color, 2.4)
         ax.text(skip_x, y + 0.15, r"$x_{l+1}$", ha="center", va="center", fontsize=12)

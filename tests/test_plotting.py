@@ -77,3 +77,20 @@ def test_diagram_draws_every_placement():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [P.PLACEMENT_LABELS[p] for p in P.PLACEMENTS]
     plt.close(fig)
+
+
+def test_per_layer_points_and_short_log_axes():
+    df = pd.DataFrame(
+        {
+            "layer": [0, 1, 0, 1],
+            "y": [1.0, 1.2, 1.1, 1.3],
+            "placement": ["pre"] * 4,
+            "seed": [0, 0, 1, 1],
+        }
+    )
+    fig, ax = plt.subplots()
+    P.plot_per_layer(df, "y", ax=ax, logy=True, spread="points")
+    assert len(ax.collections[-1].get_offsets()) == 4  # every seed drawn
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert len(labels) >= 3  # a sub-decade log axis still has readable ticks
+    plt.close(fig)
