@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--scale", default="cpu", choices=P.SCALES)
+    ap.add_argument("--scale", default="cpu", choices=list(P.PRESETS))
     ap.add_argument("--layers", type=int, default=6)
     args = ap.parse_args()
     P.setup_cpu()

@@ -1,16 +1,21 @@
 """prenorm: where the LayerNorm goes in a transformer, as code you can run.
 
-Norms and their Jacobians (:mod:`prenorm.norms`), blocks with the norm in
-different places (:mod:`prenorm.blocks`), a small character LM
-(:mod:`prenorm.model`), probes of forward and backward scale
-(:mod:`prenorm.probes`), an offline corpus (:mod:`prenorm.data`), training helpers
-(:mod:`prenorm.training`), devices and scale presets (:mod:`prenorm.devices`), and
-the book's plotting style (:mod:`prenorm.plotting`).
+The package is flat, one module per idea, each laid on the ones before it:
+norms and their Jacobians (:mod:`prenorm.norms`); blocks with the norm in
+different places (:mod:`prenorm.blocks`); a small character LM
+(:mod:`prenorm.model`); exact Jacobians (:mod:`prenorm.jacobians`); per-layer
+probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
+(:mod:`prenorm.data`); training (:mod:`prenorm.training`); grids of runs and probes
+(:mod:`prenorm.sweeps`); devices and scale presets (:mod:`prenorm.devices`); the
+book's plotting style (:mod:`prenorm.plotting`); and the one-line chapter setup
+(:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
 """
 
-from .blocks import MLP, PLACEMENTS, SUBLAYERS, Block, CausalSelfAttention, Placement, get_placement
+from . import book
+from .blocks import MLP, PLACEMENTS, SLOTS, SUBLAYERS, Block, CausalSelfAttention, Placement
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
-from .devices import PRESETS, SCALES, Scale, amp_dtype, device, scale, setup_cpu
+from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
+from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jacobian_parts
 from .model import INITS, TransformerLM, build_model
 from .norms import NORMS, LayerNorm, RMSNorm, layernorm_jacobian, make_norm, rmsnorm_jacobian
 from .plotting import (
@@ -18,9 +23,11 @@ from .plotting import (
     NORM_COLORS,
     PLACEMENT_COLORS,
     PLACEMENT_LABELS,
+    depth_axis,
     draw_placements,
     glue,
     label_placements,
+    one_legend,
     palette,
     plot_grid,
     plot_loss_curves,
@@ -28,21 +35,18 @@ from .plotting import (
     set_style,
 )
 from .probes import (
-    block_jacobian,
-    branch_jacobian,
     branch_ratios,
     end_to_end_spectral_norms,
     hidden_grad_norms,
     layer_ablation,
     norm_input_scales,
     param_grad_norms,
-    probe_sweep,
     residual_norms,
-    spectral_norm,
-    step_jacobian_parts,
     update_sensitivity,
 )
-from .training import OPTIMIZERS, SCHEDULES, TrainResult, evaluate, lr_at, sweep, train
+from .registry import Registry, UnknownNameError
+from .sweeps import grid_points, probe_sweep, sweep
+from .training import OPTIMIZERS, SCHEDULES, TrainResult, evaluate, lr_at, train
 
 __version__ = "0.1.0"
 
@@ -58,8 +62,8 @@ __all__ = [
     "PLACEMENT_COLORS",
     "PLACEMENT_LABELS",
     "PRESETS",
-    "SCALES",
     "SCHEDULES",
+    "SLOTS",
     "SUBLAYERS",
     "Block",
     "CausalSelfAttention",
@@ -67,21 +71,25 @@ __all__ = [
     "LayerNorm",
     "Placement",
     "RMSNorm",
+    "Registry",
     "Scale",
     "TrainResult",
     "TransformerLM",
+    "UnknownNameError",
     "amp_dtype",
+    "book",
     "block_jacobian",
-    "build_model",
     "branch_jacobian",
     "branch_ratios",
+    "build_model",
+    "depth_axis",
     "device",
     "draw_placements",
     "end_to_end_spectral_norms",
     "evaluate",
     "gaussian_batch",
-    "get_placement",
     "glue",
+    "grid_points",
     "hidden_grad_norms",
     "label_placements",
     "layer_ablation",
@@ -90,6 +98,7 @@ __all__ = [
     "lr_at",
     "make_norm",
     "norm_input_scales",
+    "one_legend",
     "palette",
     "param_grad_norms",
     "plot_grid",

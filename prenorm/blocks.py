@@ -15,7 +15,7 @@ placement      residual step                                        source
 
 ``Block.branch(which, x)`` evaluates the branch alone, *including* any norm that
 sits inside it (so for Pre-LN it is :math:`F(\mathrm{LN}(x))`), which is what the
-probes differentiate. A new placement is one more row in :data:`PLACEMENTS`.
+probes differentiate. A new placement is one more entry in :data:`PLACEMENTS`.
 """
 
 from __future__ import annotations
@@ -27,43 +27,79 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .norms import make_norm
+from .norms import NORMS, make_norm
+from .registry import Registry, unknown
 
+#: The two residual steps of a block, in order: attention, then the MLP.
 SUBLAYERS = ("attn", "mlp")
+#: The three places a norm can sit in one residual step: on the branch input
+#: (``"in"``), on the branch output before the addition (``"out"``), and on the sum
+#: (``"after"``).
+SLOTS = ("in", "out", "after")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Placement:
-    """Where the norms sit in one residual step.
+    r"""Where the norms sit in one residual step, and the step's equation.
 
-    ``norm_in``: normalize the branch input; ``norm_out``: normalize the branch
-    output before the addition; ``norm_after``: normalize the sum (Post-LN);
-    ``scaled_residual``: multiply the skip path by ``alpha`` (DeepNorm);
-    ``final_norm``: the model needs a norm before its output head.
+    Every placement is an instance of one residual step,
+
+    .. math:: x' = \mathrm{N}_{after}\big(\alpha\,x + \mathrm{N}_{out}(f(\mathrm{N}_{in}(x)))\big),
+
+    with :math:`f` the sublayer and each :math:`\mathrm{N}` either a norm or the
+    identity. ``norm_in``, ``norm_out``, ``norm_after``: which of the three norms exist;
+    ``scaled_residual``: the skip path is multiplied by :math:`\alpha` (DeepNorm);
+    ``final_norm``: the model needs a norm before its output head; ``formula``: the
+    step in LaTeX; ``source``: where the placement comes from.
     """
 
-    norm_in: bool
-    norm_out: bool
-    norm_after: bool
-    scaled_residual: bool
+    norm_in: bool = False
+    norm_out: bool = False
+    norm_after: bool = False
+    scaled_residual: bool = False
     final_norm: bool
+    formula: str
+    source: str
+
+    def has(self, slot: str) -> bool:
+        """Whether this placement puts a norm in ``slot`` (one of :data:`SLOTS`)."""
+        if slot not in SLOTS:
+            raise unknown("norm slot", slot, SLOTS)
+        return getattr(self, f"norm_{slot}")
 
 
-PLACEMENTS: dict[str, Placement] = {
-    "post": Placement(False, False, True, False, False),
-    "pre": Placement(True, False, False, False, True),
-    "sandwich": Placement(True, True, False, False, True),
-    "deepnorm": Placement(False, False, True, True, False),
-}
-
-
-def get_placement(name: str) -> Placement:
-    """Look up a placement by name, with an error that lists the valid names."""
-    try:
-        return PLACEMENTS[name]
-    except (KeyError, TypeError):
-        valid = ", ".join(map(repr, PLACEMENTS))
-        raise ValueError(f"unknown placement {name!r}; valid placements are {valid}") from None
+#: The placements by name. A new placement is one more entry.
+PLACEMENTS: Registry[Placement] = Registry(
+    "placement",
+    {
+        "post": Placement(
+            norm_after=True,
+            final_norm=False,
+            formula=r"x' = \mathrm{LN}(x + F(x))",
+            source="Vaswani et al. 2017",
+        ),
+        "pre": Placement(
+            norm_in=True,
+            final_norm=True,
+            formula=r"x' = x + F(\mathrm{LN}(x))",
+            source="GPT-2; Xiong et al. 2020",
+        ),
+        "sandwich": Placement(
+            norm_in=True,
+            norm_out=True,
+            final_norm=True,
+            formula=r"x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))",
+            source="Gemma 2; Peri-LN (Kim et al. 2025)",
+        ),
+        "deepnorm": Placement(
+            norm_after=True,
+            scaled_residual=True,
+            final_norm=False,
+            formula=r"x' = \mathrm{LN}(\alpha x + F(x))",
+            source="DeepNet (Wang et al. 2022)",
+        ),
+    },
+)
 
 
 class CausalSelfAttention(nn.Module):
@@ -110,13 +146,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     r"""One transformer block: an attention residual step, then an MLP residual step.
 
-    ``placement`` is one of :data:`PLACEMENTS` (see the module docstring for the
-    equations), ``norm`` one of ``"layernorm"``/``"rmsnorm"``. ``alpha`` scales
-    the skip path for ``placement="deepnorm"`` (:math:`(2N)^{1/4}` for an
-    N-layer decoder; :class:`~prenorm.TransformerLM` sets it).
+    ``placement`` is a key of :data:`PLACEMENTS` (see the module docstring for the
+    equations), ``norm`` a key of :data:`~prenorm.NORMS`. ``alpha`` scales the skip
+    path for ``placement="deepnorm"`` (:math:`(2N)^{1/4}` for an N-layer decoder;
+    :class:`~prenorm.TransformerLM` sets it).
 
-    The block's output is ``step("mlp", step("attn", x))``; ``branch(which, x)``
-    gives the function :math:`F` that the step adds to its residual.
+    The norms are attributes named by sublayer and slot (``attn_norm_in``,
+    ``mlp_norm_after``, ...), ``None`` where the placement has no norm;
+    :meth:`norm` looks one up. The block's output is
+    ``step("mlp", step("attn", x))``; ``branch(which, x)`` is the function
+    :math:`F` that the step adds to its (scaled) input.
     """
 
     def __init__(
@@ -139,46 +178,66 @@ class Block(nn.Module):
                 f"choose n_heads among the divisors of {d_model}"
             )
         self.placement = placement
-        self.spec = get_placement(placement)
-        self.norm_name = norm
-        if self.spec.scaled_residual:
-            self.alpha = float(alpha)
-        elif alpha != 1.0:
+        self.spec = PLACEMENTS[placement]
+        self.norm_name = NORMS.check(norm)
+        if not self.spec.scaled_residual and alpha != 1.0:
             raise ValueError(
                 f"alpha={alpha} only applies to placement='deepnorm', not {placement!r}"
             )
-        else:
-            self.alpha = 1.0
+        self.alpha = float(alpha)
         self.attn = CausalSelfAttention(d_model, n_heads, bias=bias)
         self.mlp = MLP(d_model, mlp_ratio * d_model, bias=bias)
-        self.norms = nn.ModuleDict()
-        for which in SUBLAYERS:
-            for slot in ("in", "out", "after"):
-                if getattr(self.spec, f"norm_{slot}"):
-                    self.norms[f"{which}_{slot}"] = make_norm(norm, d_model, bias=bias)
 
-    def _norm(self, which: str, slot: str, x: Tensor) -> Tensor:
-        key = f"{which}_{slot}"
-        return self.norms[key](x) if key in self.norms else x
+        def slot_norm(slot: str) -> nn.Module | None:
+            return make_norm(norm, d_model, bias=bias) if self.spec.has(slot) else None
+
+        self.attn_norm_in = slot_norm("in")
+        self.attn_norm_out = slot_norm("out")
+        self.attn_norm_after = slot_norm("after")
+        self.mlp_norm_in = slot_norm("in")
+        self.mlp_norm_out = slot_norm("out")
+        self.mlp_norm_after = slot_norm("after")
 
     def sublayer(self, which: str) -> nn.Module:
-        """The attention or MLP module of this block (``which`` in ``("attn", "mlp")``)."""
+        """The attention or MLP module of this block (``which`` in :data:`SUBLAYERS`)."""
         if which not in SUBLAYERS:
-            raise ValueError(f"unknown sublayer {which!r}; valid sublayers are 'attn', 'mlp'")
+            raise unknown("sublayer", which, SUBLAYERS)
         return self.attn if which == "attn" else self.mlp
 
+    def norm(self, which: str, slot: str) -> nn.Module | None:
+        """The norm of sublayer ``which`` in ``slot`` (one of :data:`SLOTS`), or ``None``
+        where the placement has none."""
+        self.sublayer(which)
+        self.spec.has(slot)
+        return getattr(self, f"{which}_norm_{slot}")
+
+    def norms(self) -> list[tuple[str, str, nn.Module]]:
+        """Every norm of the block as ``(sublayer, slot, module)``, in forward order."""
+        return [
+            (which, slot, n)
+            for which in SUBLAYERS
+            for slot in SLOTS
+            if (n := self.norm(which, slot)) is not None
+        ]
+
     def branch(self, which: str, x: Tensor) -> Tensor:
-        r"""The residual branch :math:`F` of sublayer ``which`` at residual input ``x``,
-        including the norms inside the branch (Pre-LN: :math:`F(\mathrm{LN}(x))`)."""
-        h = self._norm(which, "in", x)
-        h = self.sublayer(which)(h)
-        return self._norm(which, "out", h)
+        r"""The residual branch :math:`F(x) = \mathrm{N}_{out}(f(\mathrm{N}_{in}(x)))` of
+        sublayer ``which`` at residual input ``x``, norms inside the branch included
+        (Pre-LN: :math:`F(\mathrm{LN}(x))`)."""
+        f = self.sublayer(which)
+        n_in, n_out = self.norm(which, "in"), self.norm(which, "out")
+        h = n_in(x) if n_in is not None else x
+        h = f(h)
+        return n_out(h) if n_out is not None else h
 
     def step(self, which: str, x: Tensor) -> Tensor:
-        r"""One residual step: :math:`\mathrm{N}_{after}(\alpha x + F(x))`, where
-        :math:`\mathrm{N}_{after}` is the identity unless the placement normalizes the sum."""
-        s = x * self.alpha if self.alpha != 1.0 else x
-        return self._norm(which, "after", s + self.branch(which, x))
+        r"""One residual step, :math:`x' = \mathrm{N}_{after}(\alpha x + F(x))`:
+        Post-LN :math:`\mathrm{LN}(x + F(x))`, Pre-LN :math:`x + F(\mathrm{LN}(x))`,
+        sandwich :math:`x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`, DeepNorm
+        :math:`\mathrm{LN}(\alpha x + F(x))`."""
+        s = self.alpha * x + self.branch(which, x)
+        n_after = self.norm(which, "after")
+        return n_after(s) if n_after is not None else s
 
     def forward(self, x: Tensor) -> Tensor:
         return self.step("mlp", self.step("attn", x))

@@ -15,13 +15,15 @@ import hashlib
 import os
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-CORPORA = ("python-docs", "tinyshakespeare")
+from .registry import Registry
+
 SPLITS = ("train", "val")
 
 _SHAKESPEARE_URL = (
@@ -142,24 +144,29 @@ class BatchStream:
         return self.corpus.batch(self.split, self.batch_size, self.seq_len, self.generator)
 
 
+#: The corpora by name; each entry returns the corpus's text.
+CORPORA: Registry[Callable[[], str]] = Registry(
+    "corpus",
+    {"python-docs": _python_docs_text, "tinyshakespeare": _shakespeare_text},
+    plural="corpora",
+)
+
+
 def load_corpus(name: str = "python-docs", val_fraction: float = 0.1) -> Corpus:
-    """Load a character corpus by name (one of :data:`CORPORA`).
+    """Load a character corpus by name (a key of :data:`CORPORA`).
 
     ``"python-docs"`` is always available offline. ``"tinyshakespeare"`` needs a
     network the first time; on any failure it warns and returns ``"python-docs"``.
     """
-    if name == "python-docs":
-        return Corpus(name, _python_docs_text(), val_fraction)
-    if name == "tinyshakespeare":
-        try:
-            return Corpus(name, _shakespeare_text(), val_fraction)
-        except OSError as exc:
-            warnings.warn(
-                f"tinyshakespeare unavailable ({exc}); using the offline 'python-docs' corpus",
-                stacklevel=2,
-            )
-            return Corpus("python-docs", _python_docs_text(), val_fraction)
-    raise ValueError(f"unknown corpus {name!r}; valid corpora are {', '.join(map(repr, CORPORA))}")
+    text = CORPORA[name]
+    try:
+        return Corpus(name, text(), val_fraction)
+    except OSError as exc:
+        warnings.warn(
+            f"{name} unavailable ({exc}); using the offline 'python-docs' corpus",
+            stacklevel=2,
+        )
+        return Corpus("python-docs", _python_docs_text(), val_fraction)
 
 
 def gaussian_batch(

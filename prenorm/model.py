@@ -12,21 +12,88 @@ identity for Post-LN (whose last block already ends in a norm).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import Block, get_placement
-from .norms import make_norm
+from .blocks import PLACEMENTS, Block
+from .norms import NORMS, make_norm
+from .registry import Registry
 
-INITS = ("pytorch", "gpt2", "xavier", "xiong", "deepnorm")
+
+# ---- initialization schemes ------------------------------------------------------
+# Each scheme runs after every module is back at its framework default (nn.Linear's
+# Kaiming-uniform, nn.Embedding's N(0, 1), norms at gamma = 1, beta = 0).
+def _linears_and_embeddings(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Embedding]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
+
+
+def _zero_bias(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        m.bias.zero_()
+
+
+def init_pytorch(model: TransformerLM) -> None:
+    """The framework defaults, unchanged."""
+
+
+def init_gpt2(model: TransformerLM) -> None:
+    r"""GPT-2: weights :math:`N(0, 0.02^2)`; the residual output projections (attention
+    ``proj``, MLP ``fc2``) :math:`N(0, (0.02/\sqrt{2L})^2)`; biases 0."""
+    for name, m in _linears_and_embeddings(model):
+        std = 0.02 / math.sqrt(2 * model.n_layers) if name.endswith(("proj", "fc2")) else 0.02
+        nn.init.normal_(m.weight, 0.0, std)
+        _zero_bias(m)
+
+
+def init_xavier(model: TransformerLM) -> None:
+    """Xavier-uniform weights and embeddings, biases 0 (the original Transformer)."""
+    for _, m in _linears_and_embeddings(model):
+        nn.init.xavier_uniform_(m.weight)
+        _zero_bias(m)
+
+
+def init_xiong(model: TransformerLM) -> None:
+    r"""Xiong et al. 2020's theory setting: Xavier, biases 0, and :math:`W^Q = W^K = 0`,
+    so attention is uniform over the causal prefix."""
+    init_xavier(model)
+    d = model.d_model
+    for blk in model.blocks:
+        blk.attn.qkv.weight[: 2 * d].zero_()
+
+
+def init_deepnorm(model: TransformerLM) -> None:
+    r"""DeepNet (Wang et al. 2022): Xavier-normal, with gain :math:`\beta = (8L)^{-1/4}` on
+    :math:`W^V`, :math:`W^O` and the MLP; biases 0."""
+    for _, m in _linears_and_embeddings(model):
+        nn.init.xavier_normal_(m.weight)
+        _zero_bias(m)
+    beta, d = (8 * model.n_layers) ** -0.25, model.d_model
+    for blk in model.blocks:
+        nn.init.xavier_normal_(blk.attn.qkv.weight[2 * d :], gain=beta)
+        for w in (blk.attn.proj.weight, blk.mlp.fc1.weight, blk.mlp.fc2.weight):
+            nn.init.xavier_normal_(w, gain=beta)
+
+
+#: The initialization schemes by name; each entry is the function that applies it.
+INITS: Registry[Callable[[TransformerLM], None]] = Registry(
+    "init",
+    {
+        "pytorch": init_pytorch,
+        "gpt2": init_gpt2,
+        "xavier": init_xavier,
+        "xiong": init_xiong,
+        "deepnorm": init_deepnorm,
+    },
+)
 
 
 class TransformerLM(nn.Module):
     r"""Decoder-only transformer LM built from :class:`~prenorm.Block`.
 
-    ``init`` names the initialization (one of :data:`INITS`):
+    ``init`` names the initialization (a key of :data:`INITS`):
 
     - ``"pytorch"``: the framework defaults (``nn.Linear``'s Kaiming-uniform,
       ``nn.Embedding``'s :math:`N(0,1)`);
@@ -40,6 +107,7 @@ class TransformerLM(nn.Module):
 
     Norm weights start at :math:`\gamma=1`, :math:`\beta=0` under every scheme.
     ``placement="deepnorm"`` also sets the skip-path scale :math:`\alpha=(2L)^{1/4}`.
+    :meth:`describe` gives the names that identify the model in every table.
     """
 
     def __init__(
@@ -63,11 +131,9 @@ class TransformerLM(nn.Module):
         ):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if init not in INITS:
-            raise ValueError(
-                f"unknown init {init!r}; valid inits are {', '.join(map(repr, INITS))}"
-            )
-        spec = get_placement(placement)
+        INITS.check(init)
+        NORMS.check(norm)
+        spec = PLACEMENTS[placement]
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.seq_len, self.placement, self.norm, self.init_scheme = seq_len, placement, norm, init
         alpha = (2 * n_layers) ** 0.25 if spec.scaled_residual else 1.0
@@ -81,40 +147,29 @@ class TransformerLM(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.reset_parameters(init)
 
-    # ---- initialization -------------------------------------------------
+    def describe(self) -> dict[str, object]:
+        """The model's identity, as every probe, :func:`~prenorm.train` and
+        :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
+        ``n_layers`` and ``d_model``."""
+        return {
+            "placement": self.placement,
+            "norm": self.norm,
+            "init": self.init_scheme,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+        }
+
     @torch.no_grad()
     def reset_parameters(self, init: str | None = None) -> None:
-        """(Re-)initialize every weight with the scheme ``init`` (default: the model's)."""
-        init = init or self.init_scheme
-        if init not in INITS:
-            raise ValueError(
-                f"unknown init {init!r}; valid inits are {', '.join(map(repr, INITS))}"
-            )
+        r"""(Re-)initialize every weight with the scheme ``init`` (default: the model's):
+        every module back to its framework default (norms to :math:`\gamma=1`,
+        :math:`\beta=0`), then the scheme's own draws, from the global RNG."""
+        init = INITS.check(init or self.init_scheme)
         self.init_scheme = init
-        L, d = self.n_layers, self.d_model
         for m in self.modules():
-            if hasattr(m, "reset_parameters") and m is not self:
-                m.reset_parameters()  # framework defaults first; norms go to gamma=1, beta=0
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear | nn.Embedding) and init != "pytorch":
-                if init == "gpt2":
-                    std = 0.02 / math.sqrt(2 * L) if name.endswith(("proj", "fc2")) else 0.02
-                    nn.init.normal_(m.weight, 0.0, std)
-                elif init in ("xavier", "xiong"):
-                    nn.init.xavier_uniform_(m.weight)
-                elif init == "deepnorm":
-                    nn.init.xavier_normal_(m.weight)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    m.bias.zero_()
-        if init == "xiong":
-            for blk in self.blocks:
-                blk.attn.qkv.weight[: 2 * d].zero_()  # W_Q = W_K = 0: uniform attention
-        if init == "deepnorm":
-            beta = (8 * L) ** -0.25
-            for blk in self.blocks:
-                nn.init.xavier_normal_(blk.attn.qkv.weight[2 * d :], gain=beta)
-                for w in (blk.attn.proj.weight, blk.mlp.fc1.weight, blk.mlp.fc2.weight):
-                    nn.init.xavier_normal_(w, gain=beta)
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        INITS[init](self)
 
     # ---- forward ----------------------------------------------------------
     def embed(self, idx: Tensor) -> Tensor:

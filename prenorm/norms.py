@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-NORMS = ("layernorm", "rmsnorm")
+from .registry import Registry
 
 
 class LayerNorm(nn.Module):
@@ -24,6 +24,8 @@ class LayerNorm(nn.Module):
     ``bias=False`` drops :math:`\beta`.
     """
 
+    has_bias = True
+
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
         if d <= 0:
@@ -32,6 +34,13 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        r"""Back to the identity affine map: :math:`\gamma = 1`, :math:`\beta = 0`."""
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, "LayerNorm")
@@ -63,6 +72,8 @@ class RMSNorm(nn.Module):
     No mean subtraction and no bias: only the learned scale :math:`\gamma` remains.
     """
 
+    has_bias = False
+
     def __init__(self, d: int, eps: float = 1e-6) -> None:
         super().__init__()
         if d <= 0:
@@ -70,6 +81,11 @@ class RMSNorm(nn.Module):
         self.d = d
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        r"""Back to :math:`\gamma = 1`."""
+        self.weight.fill_(1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, "RMSNorm")
@@ -87,17 +103,19 @@ class RMSNorm(nn.Module):
         return f"{self.d}, eps={self.eps}"
 
 
-def make_norm(name: str, d: int, bias: bool = True) -> nn.Module:
-    """Build the norm called ``name`` (one of :data:`NORMS`) over ``d`` features.
+#: The norms by name; each entry is the class that builds it. A class with
+#: ``has_bias = True`` takes a ``bias`` flag (LayerNorm's :math:`\beta`).
+NORMS: Registry[type[nn.Module]] = Registry("norm", {"layernorm": LayerNorm, "rmsnorm": RMSNorm})
 
-    ``"layernorm"`` gives :class:`LayerNorm` (``bias`` controls its :math:`\\beta`),
-    ``"rmsnorm"`` gives :class:`RMSNorm`.
+
+def make_norm(name: str, d: int, bias: bool = True) -> nn.Module:
+    """Build the norm called ``name`` (a key of :data:`NORMS`) over ``d`` features.
+
+    ``bias`` sets whether a norm that has a shift :math:`\beta` (LayerNorm) keeps it;
+    RMSNorm has none.
     """
-    if name == "layernorm":
-        return LayerNorm(d, bias=bias)
-    if name == "rmsnorm":
-        return RMSNorm(d)
-    raise ValueError(f"unknown norm {name!r}; valid norms are {', '.join(map(repr, NORMS))}")
+    cls = NORMS[name]
+    return cls(d, bias=bias) if cls.has_bias else cls(d)
 
 
 def layernorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:

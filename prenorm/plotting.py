@@ -15,13 +15,16 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
+#: One colour per placement, the same in every figure of the book.
 PLACEMENT_COLORS: dict[str, str] = {
     "post": "#c44e52",
     "pre": "#4c72b0",
     "sandwich": "#55a868",
     "deepnorm": "#8172b3",
 }
+#: One colour per norm.
 NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452"}
+#: One colour per initialization scheme.
 INIT_COLORS: dict[str, str] = {
     "pytorch": "#937860",
     "gpt2": "#2a9d8f",
@@ -29,6 +32,7 @@ INIT_COLORS: dict[str, str] = {
     "xiong": "#da8bc3",
     "deepnorm": "#8172b3",
 }
+#: The printed name of each placement (``"post"`` is ``"Post-LN"``).
 PLACEMENT_LABELS: dict[str, str] = {
     "post": "Post-LN",
     "pre": "Pre-LN",
@@ -116,6 +120,32 @@ def plot_per_layer(
         ax.set_title(title)
     label_placements(ax)
     return ax
+
+
+def depth_axis(ax: Axes, depths: Sequence[int], label: str = "depth $L$") -> Axes:
+    """Log-scaled x axis for a quantity measured at several depths, with one plain
+    tick label per measured depth and no minor ticks."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(depths), [str(v) for v in depths])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+    return ax
+
+
+def one_legend(axes: Sequence[Axes] | np.ndarray, keep: int = 0, **kwargs: object) -> None:
+    """One legend per figure: keep the legend of ``axes[keep]`` (re-drawn with
+    ``kwargs``, e.g. ``title=``) and remove the others."""
+    flat = list(np.ravel(axes))
+    for i, ax in enumerate(flat):
+        leg = ax.get_legend()
+        if leg is None:
+            continue
+        if i != keep:
+            leg.remove()
+        elif kwargs:
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(handles, labels, **kwargs)
+            label_placements(ax)
 
 
 def _log_axis(ax: Axes) -> None:
@@ -249,12 +279,12 @@ def draw_placements(
     """
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    from .blocks import get_placement
+    from .blocks import PLACEMENTS
 
     fig, axes = plt.subplots(1, len(placements), figsize=figsize)
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, placements, strict=True):
-        spec = get_placement(name)
+        spec = PLACEMENTS[name]
         color = PLACEMENT_COLORS.get(name, "k")
         ax.set_xlim(0, 4)
         ax.set_ylim(-0.4, 7.6)

@@ -1,42 +1,34 @@
-r"""Probes of a model's forward and backward scales, returning tidy DataFrames.
+r"""Per-layer probes of a model's forward and backward scales, returning tidy DataFrames.
 
 A *batch* is ``(x, targets)``: ``x`` is either token ids, shape ``(B, T)`` and
 dtype ``long``, or a residual-stream input, shape ``(B, T, d_model)`` and
 floating point (for the Gaussian inputs of Xiong et al.'s theory setting);
-``targets`` are token ids ``(B, T)``. Every DataFrame carries the model's
-``placement``, ``norm``, ``init`` and ``n_layers`` so that frames from several
-models concatenate into one figure.
+``targets`` are token ids ``(B, T)``. Every DataFrame has one row per observation
+and carries the model's :meth:`~prenorm.TransformerLM.describe` columns, so frames
+from several models concatenate into one figure. Exact Jacobians, which are
+tensors, live in :mod:`prenorm.jacobians`; :func:`~prenorm.probe_sweep` runs a
+probe over a grid of models.
 
-The exact Jacobian functions (:func:`block_jacobian`, :func:`branch_jacobian`)
-return tensors of shape ``(T, d, T, d)``: a Jacobian is a matrix, not a table.
+Sections, in order: inputs; the forward pass (stream, branches, norm scales); the
+backward pass (hidden-state and weight gradients, end-to-end Jacobians); the
+response to a change (one optimizer step, removing a layer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.func import jacrev, jvp, vjp
 
-from .blocks import SUBLAYERS, Block
-from .model import TransformerLM, build_model
+from .blocks import SUBLAYERS
+from .jacobians import spectral_norm
+from .model import TransformerLM
 from .norms import _check_tensor
 
 Batch = tuple[Tensor, Tensor]
 
 
-# ---- helpers ---------------------------------------------------------------
-def _meta(model: TransformerLM) -> dict[str, object]:
-    return {
-        "placement": model.placement,
-        "norm": model.norm,
-        "init": model.init_scheme,
-        "n_layers": model.n_layers,
-    }
-
-
+# ---- inputs ---------------------------------------------------------------------
 def _stream_input(model: TransformerLM, batch: Batch) -> tuple[Tensor, Tensor]:
     if not isinstance(model, TransformerLM):
         raise TypeError(f"model must be a prenorm.TransformerLM, got {type(model).__name__}")
@@ -66,97 +58,22 @@ def _loss(model: TransformerLM, x_last: Tensor, y: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
+def _position(layer: int, which: str) -> int:
+    """Index of a residual step along the stack: two steps (attention, MLP) per layer."""
+    return 2 * layer + SUBLAYERS.index(which)
+
+
 def _token_norms(t: Tensor) -> Tensor:
     return t.detach().norm(dim=-1).flatten()
 
 
-def _seq_input(x: Tensor, d: int) -> Tensor:
-    _check_tensor(x, "x")
-    if x.dim() == 3 and x.shape[0] == 1:
-        x = x[0]
-    if x.dim() != 2 or x.shape[-1] != d:
-        raise ValueError(
-            f"x must be one sequence of shape (T, {d}) or (1, T, {d}), got {tuple(x.shape)}"
-        )
-    return x
-
-
-# ---- exact Jacobians ---------------------------------------------------------
-def block_jacobian(block: Block, x: Tensor, which: str | None = None) -> Tensor:
-    r"""Exact Jacobian of a block (or of one residual step, ``which`` in
-    ``("attn", "mlp")``) at one sequence ``x`` of shape ``(T, d)``.
-
-    Returns :math:`\partial y_{t,i} / \partial x_{s,j}` as a ``(T, d, T, d)``
-    tensor, computed with ``torch.func.jacrev``. For Pre-LN each step's Jacobian
-    is :math:`I + J_F`; for Post-LN it is :math:`J_{LN}\,(I + J_F)`.
-    """
-    x = _seq_input(x, block.attn.qkv.in_features)
-    if which is None:
-        fn = block
-    else:
-        block.sublayer(which)  # validates the name
-
-        def fn(h: Tensor) -> Tensor:
-            return block.step(which, h)
-
-    return jacrev(lambda h: fn(h.unsqueeze(0))[0])(x)
-
-
-def branch_jacobian(block: Block, x: Tensor, which: str) -> Tensor:
-    r"""Exact Jacobian :math:`J_F` of the residual branch ``which`` (``"attn"`` or
-    ``"mlp"``) of ``block`` at one sequence ``x``; shape ``(T, d, T, d)``.
-
-    The branch includes the norms inside it (Pre-LN: :math:`F(\mathrm{LN}(x))`).
-    """
-    x = _seq_input(x, block.attn.qkv.in_features)
-    block.sublayer(which)
-    return jacrev(lambda h: block.branch(which, h.unsqueeze(0))[0])(x)
-
-
-def spectral_norm(
-    fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    iters: int = 100,
-    tol: float = 1e-6,
-    seed: int = 0,
-) -> float:
-    r"""Largest singular value :math:`\|J_f(x)\|_2` of the Jacobian of ``fn`` at ``x``.
-
-    Power iteration on :math:`J^\top J`: each step is one Jacobian-vector product
-    (forward mode) and one vector-Jacobian product (reverse mode), so the
-    Jacobian is never formed and memory stays that of two passes. Stops when the
-    estimate changes by less than ``tol`` (relative) or after ``iters`` steps.
-    """
-    _check_tensor(x, "x")
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-    v = v / v.norm()
-    x = x.detach()
-    _, vjp_fn = vjp(fn, x)
-    sigma = 0.0
-    for _ in range(iters):
-        _, jv = jvp(fn, (x,), (v,))
-        (w,) = vjp_fn(jv)
-        new_sigma = jv.norm().item()
-        w_norm = w.norm()
-        if w_norm == 0:
-            return 0.0
-        v = w / w_norm
-        if abs(new_sigma - sigma) <= tol * max(new_sigma, 1e-30):
-            return new_sigma
-        sigma = new_sigma
-    return sigma
-
-
-# ---- per-layer probes ----------------------------------------------------------
+# ---- the forward pass --------------------------------------------------------
 def residual_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     r"""Per-token norm of the residual stream :math:`\|x_l\|` entering every layer
     :math:`l = 0..L` (row ``layer=L`` is the final state).
 
     Columns: ``layer``, ``norm_mean`` and ``norm_std`` (over tokens), ``rms``
-    (:math:`\|x_l\|/\sqrt d`, averaged over tokens), plus the model's metadata.
+    (:math:`\|x_l\|/\sqrt d`, averaged over tokens), plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     x0, _ = _stream_input(model, batch)
     with torch.no_grad():
@@ -172,14 +89,15 @@ def residual_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                 "rms": (n / model.d_model**0.5).mean().item(),
             }
         )
-    return pd.DataFrame(rows).assign(**_meta(model))
+    return pd.DataFrame(rows).assign(**model.describe())
 
 
 def branch_ratios(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     r"""How far each sublayer is from a zero map: :math:`\|F_l(x)\| / \|x\|` per token,
     where :math:`x` is the residual input of the step and :math:`F_l` its branch.
 
-    One row per (layer, sublayer). Columns: ``layer``, ``sublayer``,
+    One row per (layer, sublayer). Columns: ``layer``, ``sublayer``, ``position``
+    (:math:`2l` for attention, :math:`2l+1` for the MLP),
     ``ratio_mean``, ``ratio_std`` (over tokens), ``branch_norm``, ``input_norm``.
     """
     x, _ = _stream_input(model, batch)
@@ -193,6 +111,7 @@ def branch_ratios(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                     {
                         "layer": l,
                         "sublayer": which,
+                        "position": _position(l, which),
                         "ratio_mean": r.mean().item(),
                         "ratio_std": r.std().item() if r.numel() > 1 else 0.0,
                         "branch_norm": _token_norms(f).mean().item(),
@@ -200,16 +119,62 @@ def branch_ratios(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                     }
                 )
                 x = blk.step(which, x)
-    return pd.DataFrame(rows).assign(**_meta(model))
+    return pd.DataFrame(rows).assign(**model.describe())
 
 
+def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""The scale each norm divides by, at every norm of every block.
+
+    For a LayerNorm that is :math:`\sigma = \sqrt{\mathrm{var}(s) + \epsilon}` of its
+    input :math:`s`; for an RMSNorm, :math:`\mathrm{RMS}(s)`. By chapter 2, a norm's
+    Jacobian has spectral norm :math:`1/\sigma` (with :math:`\gamma = 1`). One row per
+    (layer, norm): ``layer``, ``sublayer``, ``position`` (as in :func:`branch_ratios`), ``slot`` (``"in"``, ``"out"`` or
+    ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``inv_scale_mean``.
+    """
+    x0, _ = _stream_input(model, batch)
+    rows: list[dict[str, object]] = []
+    handles = []
+    for l, blk in enumerate(model.blocks):
+        for which, slot, norm in blk.norms():
+
+            def hook(
+                mod: torch.nn.Module,
+                args: tuple[Tensor, ...],
+                l: int = l,
+                which: str = which,
+                slot: str = slot,
+            ) -> None:
+                scale = mod.scale(args[0].detach()).flatten()
+                rows.append(
+                    {
+                        "layer": l,
+                        "sublayer": which,
+                        "position": _position(l, which),
+                        "slot": slot,
+                        "scale_mean": scale.mean().item(),
+                        "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
+                        "inv_scale_mean": (1 / scale).mean().item(),
+                    }
+                )
+
+            handles.append(norm.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.residual_stream(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+# ---- the backward pass -------------------------------------------------------
 def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     r"""Gradient of the loss with respect to every residual state,
     :math:`\|\partial \mathcal L / \partial x_l\|` for :math:`l = 0..L`.
 
     Columns: ``layer``, ``grad_norm`` (Frobenius norm over the whole batch),
     ``grad_norm_token`` (mean per-token norm), ``relative`` (``grad_norm`` over its
-    value at the top, :math:`l = L`), plus the model's metadata.
+    value at the top, :math:`l = L`), plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     The loss is the mean cross-entropy, so absolute values scale with 1/(B·T);
     compare layers, not batch sizes.
     """
@@ -228,7 +193,7 @@ def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     ]
     df = pd.DataFrame(rows)
     df["relative"] = df["grad_norm"] / df["grad_norm"].iloc[-1]
-    return df.assign(**_meta(model))
+    return df.assign(**model.describe())
 
 
 def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
@@ -237,7 +202,7 @@ def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
 
     One row per (layer, parameter). Columns: ``layer``, ``sublayer``
     (``"attn"``, ``"mlp"`` or ``"norm"``), ``param`` (e.g. ``"mlp.fc2.weight"``),
-    ``grad_norm``, ``weight_norm``, plus the model's metadata.
+    ``grad_norm``, ``weight_norm``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     x0, y = _stream_input(model, batch)
     states = model.residual_stream(x0)
@@ -255,13 +220,13 @@ def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
         rows.append(
             {
                 "layer": l,
-                "sublayer": "norm" if sub == "norms" else sub,
+                "sublayer": sub if sub in SUBLAYERS else "norm",
                 "param": name,
                 "grad_norm": 0.0 if g is None else g.norm().item(),
                 "weight_norm": p.detach().norm().item(),
             }
         )
-    return pd.DataFrame(rows).assign(**_meta(model))
+    return pd.DataFrame(rows).assign(**model.describe())
 
 
 def end_to_end_spectral_norms(
@@ -281,7 +246,7 @@ def end_to_end_spectral_norms(
     ``include_final_norm=False`` the output is :math:`x_L` itself. Uses
     :func:`spectral_norm` (``iters``, ``tol`` and ``seed`` are passed through), so it
     scales to wide and deep models.
-    Columns: ``layer``, ``spectral_norm``, plus the model's metadata.
+    Columns: ``layer``, ``spectral_norm``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     if x.dtype == torch.long:
         x0 = model.embed(x)
@@ -305,9 +270,10 @@ def end_to_end_spectral_norms(
             return model.final_norm(h) if include_final_norm else h
 
         rows.append({"layer": l, "spectral_norm": spectral_norm(tail, states[l], iters, tol, seed)})
-    return pd.DataFrame(rows).assign(**_meta(model), final_norm=include_final_norm)
+    return pd.DataFrame(rows).assign(**model.describe(), final_norm=include_final_norm)
 
 
+# ---- the response to a change ------------------------------------------------
 def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.DataFrame:
     r"""How much one optimizer-sized step moves the model's output (Liu et al. 2020).
 
@@ -316,7 +282,7 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
     measures the logits and the loss, and restores the parameters. Returns one
     row with ``lr``, ``rel_output_change``
     (:math:`\|f(\theta') - f(\theta)\| / \|f(\theta)\|` over the batch's logits),
-    ``loss_before``, ``loss_after`` and ``loss_change``, plus the model's metadata.
+    ``loss_before``, ``loss_after`` and ``loss_change``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     if not (lr > 0 and torch.isfinite(torch.tensor(lr))):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
@@ -343,114 +309,7 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
         "loss_after": new_loss.item(),
         "loss_change": (new_loss - loss).item(),
     }
-    return pd.DataFrame([row]).assign(**_meta(model))
-
-
-def probe_sweep(
-    probe: Callable[..., pd.DataFrame],
-    batch: Batch | Callable[[int], Batch],
-    grid: dict[str, list[object]],
-    model_kwargs: dict[str, object],
-    device: torch.device | str | None = None,
-    **probe_kwargs: object,
-) -> pd.DataFrame:
-    """Run ``probe(model, batch, **probe_kwargs)`` on a fresh model for every point
-    of the Cartesian product of ``grid`` and concatenate the frames.
-
-    ``grid`` keys are :class:`TransformerLM` arguments (``placement``, ``init``,
-    ``n_layers``, ...) or ``seed`` (seeds the initialization; default 0).
-    ``batch`` is a fixed batch or a function ``seed -> batch``. Every row gets
-    the grid point's values as columns.
-    """
-    import itertools
-
-    keys = list(grid)
-    frames = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
-        seed = int(point.get("seed", 0))
-        kwargs = {**model_kwargs, **{k: v for k, v in point.items() if k != "seed"}}
-        model = build_model(seed=seed, device=device, **kwargs)
-        b = batch(seed) if callable(batch) else batch
-        frames.append(probe(model, b, **probe_kwargs).assign(**point))
-    return pd.concat(frames, ignore_index=True)
-
-
-def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
-    r"""The scale each norm divides by, at every norm of every block.
-
-    For a LayerNorm that is :math:`\sigma = \sqrt{\mathrm{var}(s) + \epsilon}` of its
-    input :math:`s`; for an RMSNorm, :math:`\mathrm{RMS}(s)`. By chapter 2, a norm's
-    Jacobian has spectral norm :math:`1/\sigma` (with :math:`\gamma = 1`). One row per
-    (layer, norm): ``layer``, ``sublayer``, ``slot`` (``"in"``, ``"out"`` or
-    ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``inv_scale_mean``.
-    """
-    x0, _ = _stream_input(model, batch)
-    rows: list[dict[str, object]] = []
-    handles = []
-    for l, blk in enumerate(model.blocks):
-        for key, norm in blk.norms.items():
-            which, slot = key.split("_")
-
-            def hook(
-                mod: torch.nn.Module,
-                args: tuple[Tensor, ...],
-                l: int = l,
-                which: str = which,
-                slot: str = slot,
-            ) -> None:
-                scale = mod.scale(args[0].detach()).flatten()
-                rows.append(
-                    {
-                        "layer": l,
-                        "sublayer": which,
-                        "slot": slot,
-                        "scale_mean": scale.mean().item(),
-                        "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
-                        "inv_scale_mean": (1 / scale).mean().item(),
-                    }
-                )
-
-            handles.append(norm.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model.residual_stream(x0)
-    finally:
-        for h in handles:
-            h.remove()
-    return pd.DataFrame(rows).assign(**_meta(model))
-
-
-def step_jacobian_parts(block: Block, x: Tensor, which: str) -> dict[str, Tensor]:
-    r"""The exact Jacobian of one residual step and the factors its placement predicts.
-
-    For one sequence ``x`` of shape ``(T, d)`` returns ``(T·d, T·d)`` matrices:
-    ``"step"`` (autograd, :func:`block_jacobian`), ``"branch"`` (:math:`J_F`, autograd),
-    ``"skip"`` (:math:`\alpha I`) and ``"norm"``: the closed-form Jacobian
-    (:func:`~prenorm.layernorm_jacobian` or :func:`~prenorm.rmsnorm_jacobian`) of the
-    norm applied after the addition, evaluated at :math:`s = \alpha x + F(x)` and
-    block-diagonal over tokens, or the identity when the placement has none. For
-    every placement,
-
-    .. math:: J_{\text{step}} = J_{\text{norm}}\,(\alpha I + J_F),
-
-    which is :math:`I + J_F` for Pre-LN and :math:`J_{\mathrm{LN}}(I + J_F)` for Post-LN.
-    """
-    x = _seq_input(x, block.attn.qkv.in_features)
-    T, d = x.shape
-    n = T * d
-    step = block_jacobian(block, x, which).reshape(n, n)
-    branch = branch_jacobian(block, x, which).reshape(n, n)
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    key = f"{which}_after"
-    if key in block.norms:
-        norm = block.norms[key]
-        with torch.no_grad():
-            s = block.alpha * x + block.branch(which, x.unsqueeze(0))[0]
-        norm_j = torch.block_diag(*norm.jacobian(s))
-    else:
-        norm_j = eye
-    return {"step": step, "branch": branch, "skip": block.alpha * eye, "norm": norm_j}
+    return pd.DataFrame([row]).assign(**model.describe())
 
 
 def layer_ablation(model: TransformerLM, batch: Batch) -> pd.DataFrame:
@@ -458,7 +317,7 @@ def layer_ablation(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     skipped (:math:`x_{l+1} := x_l`) and every other block runs as usual.
 
     One row per layer: ``layer``, ``loss`` (the full model's), ``ablated_loss``,
-    ``loss_increase``, plus the model's metadata. Evaluated without gradients.
+    ``loss_increase``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns. Evaluated without gradients.
     """
     x0, y = _stream_input(model, batch)
     with torch.no_grad():
@@ -478,4 +337,4 @@ def layer_ablation(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                     "loss_increase": ablated - full,
                 }
             )
-    return pd.DataFrame(rows).assign(**_meta(model))
+    return pd.DataFrame(rows).assign(**model.describe())

@@ -1,4 +1,4 @@
-r"""Training helpers: one seeded training run, and a grid of runs.
+r"""Training helpers: schedules, optimizers, and one seeded training run.
 
 The learning rate at step :math:`t` (counting from 0) is
 :math:`\eta_t = \eta \cdot w_t \cdot s_t`, with the linear warmup
@@ -10,11 +10,9 @@ A run whose loss or gradient norm stops being finite, or whose loss exceeds
 from __future__ import annotations
 
 import contextlib
-import inspect
-import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -25,55 +23,82 @@ from .data import Corpus
 from .devices import amp_dtype
 from .devices import device as default_device
 from .model import TransformerLM
+from .registry import Registry
 
-SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# ---- learning-rate schedules and optimizers ------------------------------------------
+# A schedule is the decay s_t as a function of the post-warmup progress p in [0, 1],
+# the step t and the warmup length T_w.
+def decay_constant(p: float, step: int, warmup_steps: int) -> float:
+    r""":math:`s_t = 1`."""
+    return 1.0
+
+
+def decay_cosine(p: float, step: int, warmup_steps: int) -> float:
+    r""":math:`s_t = 0.1 + 0.45\,(1+\cos(\pi p))`: from 1 down to 0.1."""
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * p))
+
+
+def decay_linear(p: float, step: int, warmup_steps: int) -> float:
+    r""":math:`s_t = 1 - p`."""
+    return 1.0 - p
+
+
+def decay_inverse_sqrt(p: float, step: int, warmup_steps: int) -> float:
+    r""":math:`s_t = \sqrt{T_w/(t+1)}` after warmup (Vaswani et al. 2017)."""
+    return math.sqrt(max(1, warmup_steps) / (step + 1)) if step >= warmup_steps else 1.0
+
+
+#: The learning-rate decays by name; each entry is the function :math:`s_t`.
+SCHEDULES: Registry[Callable[[float, int, int], float]] = Registry(
+    "schedule",
+    {
+        "constant": decay_constant,
+        "cosine": decay_cosine,
+        "linear": decay_linear,
+        "inverse_sqrt": decay_inverse_sqrt,
+    },
+)
 
 
 def lr_at(
     step: int, lr: float, steps: int, warmup_steps: int = 0, schedule: str = "constant"
 ) -> float:
-    r"""Learning rate at ``step``: linear warmup over ``warmup_steps``, then
-
-    - ``constant``: :math:`s_t = 1`;
-    - ``cosine``: :math:`s_t = 0.1 + 0.45\,(1+\cos(\pi p))`, :math:`p` the post-warmup progress;
-    - ``linear``: :math:`s_t = 1 - p`;
-    - ``inverse_sqrt``: :math:`s_t = \sqrt{T_w/(t+1)}` after warmup (Vaswani et al. 2017).
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(
-            f"unknown schedule {schedule!r}; valid schedules are {', '.join(map(repr, SCHEDULES))}"
-        )
+    r"""Learning rate at ``step``: :math:`\eta\,w_t\,s_t`, with the linear warmup
+    :math:`w_t = \min(1, (t+1)/T_w)` and the decay :math:`s_t` of ``schedule`` (a key
+    of :data:`SCHEDULES`) at the post-warmup progress :math:`p`."""
+    decay = SCHEDULES[schedule]
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     p = min(1.0, max(0.0, (step - warmup_steps) / max(1, steps - warmup_steps)))
-    if schedule == "constant":
-        decay = 1.0
-    elif schedule == "cosine":
-        decay = 0.1 + 0.45 * (1.0 + math.cos(math.pi * p))
-    elif schedule == "linear":
-        decay = 1.0 - p
-    else:
-        decay = math.sqrt(max(1, warmup_steps) / (step + 1)) if step >= warmup_steps else 1.0
-    return lr * warm * decay
+    return lr * warm * decay(p, step, warmup_steps)
 
 
-def make_optimizer(
-    name: str,
-    params: Sequence[nn.Parameter],
-    lr: float,
-    betas: tuple[float, float],
-    weight_decay: float,
+def adam(
+    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
 ) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (momentum 0.9) by name."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(
-        f"unknown optimizer {name!r}; valid optimizers are {', '.join(map(repr, OPTIMIZERS))}"
-    )
+    """``torch.optim.Adam`` (L2 penalty ``weight_decay`` added to the gradient)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def adamw(
+    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` (decoupled weight decay)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def sgd(
+    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` with momentum 0.9 (``betas`` unused)."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+#: The optimizers by name; each entry builds one from
+#: ``(params, lr, betas, weight_decay)``.
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry(
+    "optimizer", {"adam": adam, "adamw": adamw, "sgd": sgd}
+)
 
 
 @dataclass
@@ -173,7 +198,7 @@ def train(
         raise ValueError(f"lr must be a positive finite number, got {lr}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    lr_at(0, lr, steps, warmup_steps, schedule)  # validates the schedule name
+    SCHEDULES.check(schedule)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
@@ -181,7 +206,7 @@ def train(
     dtype = amp_dtype(dev) if amp in (None, True) else None
     scaler = torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, params, lr, betas, weight_decay)
+    opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay)
     gen = torch.Generator().manual_seed(seed)
     val_gen = torch.Generator().manual_seed(seed + 10_000)
     val_set = [data.batch("val", batch_size, model.seq_len, val_gen) for _ in range(eval_batches)]
@@ -190,66 +215,39 @@ def train(
 
     rows: list[dict[str, float]] = []
     diverged_at: int | None = None
-    first_loss: float | None = None
+    limit = math.inf  # explode_factor x the first loss, once it is known
     t0 = time.perf_counter()
     for step in range(steps):
         lr_t = lr_at(step, lr, steps, warmup_steps, schedule)
         for group in opt.param_groups:
             group["lr"] = lr_t
         x, y = data.batch("train", batch_size, model.seq_len, gen, device=dev)
-        with _autocast(dev, dtype):
-            _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        loss_v = loss.detach().item()
-        first_loss = loss_v if first_loss is None else first_loss
-        exploded = loss_v > explode_factor * first_loss
-        if not math.isfinite(loss_v) or not math.isfinite(gnorm) or exploded:
-            diverged_at = step
-            if math.isfinite(loss_v) and math.isfinite(gnorm):
-                rows.append(
-                    {
-                        "step": step,
-                        "lr": lr_t,
-                        "train_loss": loss_v,
-                        "grad_norm": gnorm,
-                        "val_loss": math.nan,
-                    }
-                )
-            break
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        loss, gnorm = _backward(model, opt, scaler, params, x, y, dtype, max_norm)
+        if step == 0:
+            limit = explode_factor * loss
         row = {
             "step": step,
             "lr": lr_t,
-            "train_loss": loss_v,
+            "train_loss": loss,
             "grad_norm": gnorm,
             "val_loss": math.nan,
         }
-        if (step + 1) % eval_interval == 0 or step == steps - 1:
-            val = evaluate(model, val_set, dtype)
-            if not math.isfinite(val) or val > explode_factor * first_loss:
-                rows.append(row)
-                diverged_at = step
-                break
-            row["val_loss"] = val
-        rows.append(row)
+        blown_up = _blown_up(loss, gnorm, limit)
+        if not blown_up:
+            _optimizer_step(opt, scaler)
+            if (step + 1) % eval_interval == 0 or step == steps - 1:
+                val = evaluate(model, val_set, dtype)
+                blown_up = _blown_up(val, 0.0, limit)
+                row["val_loss"] = math.nan if blown_up else val
+        if math.isfinite(loss) and math.isfinite(gnorm):  # non-finite values are never stored
+            rows.append(row)
+        if blown_up:
+            diverged_at = step
+            break
     seconds = time.perf_counter() - t0
     history = pd.DataFrame(rows, columns=["step", "lr", "train_loss", "grad_norm", "val_loss"])
     config = {
-        "placement": model.placement,
-        "norm": model.norm,
-        "init": model.init_scheme,
-        "n_layers": model.n_layers,
-        "d_model": model.d_model,
+        **model.describe(),
         "lr": lr,
         "warmup_steps": warmup_steps,
         "schedule": schedule,
@@ -261,57 +259,38 @@ def train(
     return TrainResult(history, diverged_at is not None, diverged_at, seconds, config)
 
 
-_MODEL_KEYS = tuple(k for k in inspect.signature(TransformerLM.__init__).parameters if k != "self")
-_TRAIN_KEYS = tuple(
-    k for k in inspect.signature(train).parameters if k not in ("model", "data", "seed")
-)
+def _backward(
+    model: TransformerLM,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    params: list[nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype | None,
+    max_norm: float,
+) -> tuple[float, float]:
+    """Forward, backward and clipping for one batch: returns (loss, gradient norm before clipping)."""
+    with _autocast(x.device, dtype):
+        _, loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return loss.detach().item(), gnorm
 
 
-def sweep(
-    data: Corpus,
-    grid: Mapping[str, Sequence[object]],
-    model_kwargs: Mapping[str, object] | None = None,
-    train_kwargs: Mapping[str, object] | None = None,
-    history: bool = False,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
+def _optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
 
-    ``grid`` maps names to lists of values. A name may be any argument of
-    :class:`TransformerLM` (``placement``, ``n_layers``, ``norm``, ``init``, ...),
-    any argument of :func:`train` (``lr``, ``warmup_steps``, ``clip``, ...), or
-    ``seed``, which seeds both the initialization and the batches. Fixed values
-    go in ``model_kwargs`` / ``train_kwargs``. With ``history=False`` the result
-    has one row per run (:meth:`TrainResult.summary`); with ``history=True`` one
-    row per step of every run, with the run's configuration and ``diverged``.
-    """
-    model_kwargs = dict(model_kwargs or {})
-    train_kwargs = dict(train_kwargs or {})
-    valid = set(_MODEL_KEYS) | set(_TRAIN_KEYS) | {"seed"}
-    unknown = sorted(set(grid) - valid)
-    if unknown:
-        raise ValueError(f"unknown sweep keys {unknown}; valid keys are {sorted(valid)}")
-    model_kwargs.setdefault("vocab_size", data.vocab_size)
-    keys = list(grid)
-    points = list(itertools.product(*(grid[k] for k in keys)))
-    from tqdm.auto import tqdm
 
-    frames, rows = [], []
-    for values in tqdm(points, disable=not progress, desc="sweep"):
-        point = dict(zip(keys, values, strict=True))
-        seed = int(point.get("seed", 0))
-        mk = {**model_kwargs, **{k: v for k, v in point.items() if k in _MODEL_KEYS}}
-        tk = {**train_kwargs, **{k: v for k, v in point.items() if k in _TRAIN_KEYS}}
-        torch.manual_seed(seed)
-        model = TransformerLM(**mk)
-        result = train(model, data, seed=seed, **tk)
-        summary = {**result.summary(), **point}
-        if history:
-            frames.append(
-                result.history.assign(**{k: v for k, v in summary.items() if k != "steps_done"})
-            )
-        else:
-            rows.append(summary)
-    if history:
-        return pd.concat(frames, ignore_index=True)
-    return pd.DataFrame(rows)
+def _blown_up(loss: float, gnorm: float, limit: float) -> bool:
+    """A run has diverged when its loss or gradient norm is not finite, or its loss
+    exceeds ``limit`` (``explode_factor`` times the first loss)."""
+    return not (math.isfinite(loss) and math.isfinite(gnorm)) or loss > limit

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import prenorm as P
 from prenorm import (
     PLACEMENTS,
     Block,
@@ -18,8 +19,9 @@ def _block(placement, norm="layernorm"):
     torch.manual_seed(1)
     blk = Block(D, 4, placement=placement, norm=norm, alpha=1.7 if placement == "deepnorm" else 1.0)
     with torch.no_grad():  # non-trivial norm weights so the test would see a missing diag(gamma)
-        for p in blk.norms.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+        for _, _, norm in blk.norms():
+            for p in norm.parameters():
+                p.add_(0.3 * torch.randn_like(p))
     return blk
 
 
@@ -59,7 +61,7 @@ def test_post_ln_step_is_jln_times_identity_plus_branch(which, norm):
     j_branch = branch_jacobian(blk, x, which)
     with torch.no_grad():
         s = x + blk.branch(which, x.unsqueeze(0))[0]
-    ln = blk.norms[f"{which}_after"]
+    ln = blk.norm(which, "after")
     jac_fn = layernorm_jacobian if norm == "layernorm" else rmsnorm_jacobian
     j_ln = _token_block_diag(jac_fn(s, ln.weight.detach(), ln.eps))
     expected = _mat(j_ln) @ (_mat(_eye()) + _mat(j_branch))
@@ -75,7 +77,7 @@ def test_deepnorm_step_scales_skip_path():
     j_branch = branch_jacobian(blk, x, "mlp")
     with torch.no_grad():
         s = 1.7 * x + blk.branch("mlp", x.unsqueeze(0))[0]
-    ln = blk.norms["mlp_after"]
+    ln = blk.norm("mlp", "after")
     j_ln = _token_block_diag(layernorm_jacobian(s, ln.weight.detach(), ln.eps))
     expected = _mat(j_ln) @ (1.7 * _mat(_eye()) + _mat(j_branch))
     assert (_mat(j_step) - expected).abs().max() <= 1e-5
@@ -85,7 +87,7 @@ def test_sandwich_branch_ends_in_a_norm():
     blk = _block("sandwich")
     x = torch.randn(1, T, D) * 5
     f = blk.branch("attn", x)
-    ln = blk.norms["attn_out"]
+    ln = blk.norm("attn", "out")
     # output of the branch is a LayerNorm output: zero-mean before the affine part
     pre_affine = (f - ln.bias) / ln.weight
     assert pre_affine.mean(-1).abs().max() < 1e-4
@@ -144,3 +146,47 @@ def test_step_jacobian_parts_factorize(placement, norm):
         assert (p["step"] - p["norm"] @ (p["skip"] + p["branch"])).abs().max() <= 1e-5
         has_after = placement in ("post", "deepnorm")
         assert torch.equal(p["norm"], torch.eye(T * D)) != has_after
+
+
+def test_placement_is_built_with_keywords_and_says_its_formula():
+    with pytest.raises(TypeError):
+        P.Placement(True, False, False, False, True)  # positional booleans are refused
+    for name, spec in P.PLACEMENTS.items():
+        assert spec.formula.startswith("x' =") and spec.source, name
+        with pytest.raises(ValueError, match="unknown norm slot 'middle'"):
+            spec.has("middle")
+
+
+@pytest.mark.parametrize("placement", list(P.PLACEMENTS))
+def test_step_is_the_placement_formula(placement):
+    """Each step equals its placement's equation, written out with the named norms."""
+    blk = _block(placement)
+    x = torch.randn(1, T, D)
+    for which in ("attn", "mlp"):
+        f = blk.sublayer(which)
+        n_in, n_out, n_after = (blk.norm(which, s) for s in ("in", "out", "after"))
+        if placement == "post":
+            expected = n_after(x + f(x))
+        elif placement == "pre":
+            expected = x + f(n_in(x))
+        elif placement == "sandwich":
+            expected = x + n_out(f(n_in(x)))
+        else:
+            expected = n_after(blk.alpha * x + f(x))
+        assert torch.allclose(blk.step(which, x), expected, atol=1e-6), (placement, which)
+        present = {s for s in P.SLOTS if blk.norm(which, s) is not None}
+        spec = P.PLACEMENTS[placement]
+        assert present == {s for s in P.SLOTS if spec.has(s)}
+
+
+def test_norms_are_named_attributes_in_forward_order():
+    blk = _block("sandwich")
+    assert [(w, s) for w, s, _ in blk.norms()] == [
+        ("attn", "in"),
+        ("attn", "out"),
+        ("mlp", "in"),
+        ("mlp", "out"),
+    ]
+    assert blk.attn_norm_out is blk.norm("attn", "out") and blk.mlp_norm_after is None
+    with pytest.raises(ValueError, match="unknown norm slot 'side'"):
+        blk.norm("attn", "side")

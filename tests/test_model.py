@@ -103,3 +103,32 @@ def test_bad_model_arguments():
         m(torch.zeros(1, T + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 11\)"):
         m(torch.full((1, T), V, dtype=torch.long))
+
+
+def test_describe_is_the_one_source_of_model_metadata(corpus):
+    from prenorm import build_model, residual_norms, train
+
+    m = build_model(
+        seed=0,
+        vocab_size=corpus.vocab_size,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        seq_len=8,
+        placement="post",
+        init="xavier",
+    )
+    meta = m.describe()
+    assert meta == {
+        "placement": "post",
+        "norm": "layernorm",
+        "init": "xavier",
+        "n_layers": 2,
+        "d_model": 16,
+    }
+    batch = corpus.batch("val", 2, 8, torch.Generator().manual_seed(0))
+    probe = residual_norms(m, batch)
+    assert all((probe[k] == v).all() for k, v in meta.items())
+    result = train(m, corpus, steps=2, lr=1e-3, batch_size=2, device="cpu")
+    assert {k: result.config[k] for k in meta} == meta
+

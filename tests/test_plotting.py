@@ -94,3 +94,25 @@ def test_per_layer_points_and_short_log_axes():
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert len(labels) >= 3  # a sub-decade log axis still has readable ticks
     plt.close(fig)
+
+
+def test_depth_axis_and_one_legend():
+    fig, axes = plt.subplots(1, 3)
+    df = pd.DataFrame(
+        {
+            "n_layers": [3, 6, 12] * 2,
+            "v": [1, 2, 3, 2, 3, 4],
+            "placement": ["post"] * 3 + ["pre"] * 3,
+        }
+    )
+    for ax in axes:
+        P.plot_per_layer(df, "v", ax=ax, x="n_layers")
+        P.depth_axis(ax, [3, 6, 12])
+    assert axes[0].get_xscale() == "log"
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["3", "6", "12"]
+    P.one_legend(axes, title="placement")
+    legends = [ax.get_legend() for ax in axes]
+    assert legends[0] is not None and legends[1] is None and legends[2] is None
+    assert legends[0].get_title().get_text() == "placement"
+    assert [t.get_text() for t in legends[0].get_texts()] == ["Post-LN", "Pre-LN"]
+    plt.close(fig)

@@ -176,7 +176,7 @@ def test_norm_input_scales_match_the_norm_inputs(norm):
     assert abs(row["scale_mean"] - expected) < 1e-6
     pre = norm_input_scales(_model("pre"), (x, y))
     assert set(pre["slot"]) == {"in"} and not any(
-        h for b in m.blocks for h in b.norms.values() if h._forward_pre_hooks
+        n for b in m.blocks for _, _, n in b.norms() if n._forward_pre_hooks
     )
 
 
