@@ -137,14 +137,20 @@ class TransformerLM(nn.Module):
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.seq_len, self.placement, self.norm, self.init_scheme = seq_len, placement, norm, init
         alpha = (2 * n_layers) ** 0.25 if spec.scaled_residual else 1.0
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(seq_len, d_model)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha)
-            for _ in range(n_layers)
-        )
-        self.final_norm = make_norm(norm, d_model, bias=bias) if spec.final_norm else nn.Identity()
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        # The modules' own constructors draw weights that reset_parameters overwrites;
+        # keeping them off the global RNG makes the init a function of the RNG state
+        # alone, so a model reset under seed s equals a model built under seed s.
+        with torch.random.fork_rng(devices=[]):
+            self.tok_emb = nn.Embedding(vocab_size, d_model)
+            self.pos_emb = nn.Embedding(seq_len, d_model)
+            self.blocks = nn.ModuleList(
+                Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha)
+                for _ in range(n_layers)
+            )
+            self.final_norm = (
+                make_norm(norm, d_model, bias=bias) if spec.final_norm else nn.Identity()
+            )
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.reset_parameters(init)
 
     def describe(self) -> dict[str, object]:
@@ -163,7 +169,9 @@ class TransformerLM(nn.Module):
     def reset_parameters(self, init: str | None = None) -> None:
         r"""(Re-)initialize every weight with the scheme ``init`` (default: the model's):
         every module back to its framework default (norms to :math:`\gamma=1`,
-        :math:`\beta=0`), then the scheme's own draws, from the global RNG."""
+        :math:`\beta=0`), then the scheme's own draws, all from the global RNG. Under
+        ``torch.manual_seed(s)`` the result equals a fresh model built under the same
+        seed (:func:`build_model` with ``seed=s``), whatever training did before."""
         init = INITS.check(init or self.init_scheme)
         self.init_scheme = init
         for m in self.modules():

@@ -132,3 +132,20 @@ def test_describe_is_the_one_source_of_model_metadata(corpus):
     result = train(m, corpus, steps=2, lr=1e-3, batch_size=2, device="cpu")
     assert {k: result.config[k] for k in meta} == meta
 
+
+def test_reset_returns_a_trained_model_to_a_fresh_one(corpus):
+    """Training moves every parameter, the norms' gamma and beta included; a reset under
+    the same seed gives back exactly the model that seed builds."""
+    from prenorm import build_model, train
+
+    kw = dict(vocab_size=corpus.vocab_size, d_model=16, n_layers=2, n_heads=2, seq_len=8)
+    for placement, init in (("pre", "gpt2"), ("post", "xavier"), ("sandwich", "pytorch")):
+        fresh = build_model(seed=4, placement=placement, init=init, **kw)
+        model = build_model(seed=4, placement=placement, init=init, **kw)
+        train(model, corpus, steps=3, lr=1e-2, batch_size=2, device="cpu")
+        norm_weight = model.blocks[0].norms()[0][2].weight
+        assert (norm_weight != 1).any(), "training should have moved the norm's gamma"
+        torch.manual_seed(4)
+        model.reset_parameters()
+        for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+            assert torch.equal(p, q), (placement, init, name)
