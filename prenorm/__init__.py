@@ -7,22 +7,33 @@ different places (:mod:`prenorm.blocks`); a small character LM
 probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
 (:mod:`prenorm.data`); training (:mod:`prenorm.training`); grids of runs and probes
 (:mod:`prenorm.sweeps`); devices and scale presets (:mod:`prenorm.devices`); the
-book's plotting style (:mod:`prenorm.plotting`); and the one-line chapter setup
+book's plotting style (:mod:`prenorm.plotting`); verdicts computed from measurements
+(:mod:`prenorm.verdicts`); and the one-line chapter setup
 (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
 """
 
 from . import book
-from .blocks import MLP, PLACEMENTS, SLOTS, SUBLAYERS, Block, CausalSelfAttention, Placement
+from .blocks import (
+    ACTIVATIONS,
+    MLP,
+    PLACEMENTS,
+    SLOTS,
+    SUBLAYERS,
+    Block,
+    CausalSelfAttention,
+    Placement,
+)
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
 from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jacobian_parts
-from .model import INITS, TransformerLM, build_model
+from .model import INITS, THEORY_SETTING, TransformerLM, build_model
 from .norms import NORMS, LayerNorm, RMSNorm, layernorm_jacobian, make_norm, rmsnorm_jacobian
 from .plotting import (
     INIT_COLORS,
     NORM_COLORS,
     PLACEMENT_COLORS,
     PLACEMENT_LABELS,
+    TEXT_WIDTH,
     depth_axis,
     draw_placements,
     glue,
@@ -36,21 +47,36 @@ from .plotting import (
 )
 from .probes import (
     branch_ratios,
+    end_to_end_gains,
     end_to_end_spectral_norms,
     hidden_grad_norms,
     layer_ablation,
     norm_input_scales,
     param_grad_norms,
     residual_norms,
+    skip_path,
+    step_gradients,
     update_sensitivity,
 )
 from .registry import Registry, UnknownNameError
 from .sweeps import grid_points, probe_sweep, sweep
-from .training import OPTIMIZERS, SCHEDULES, TrainResult, evaluate, lr_at, train
+from .training import (
+    OPTIMIZERS,
+    OUTCOMES,
+    SCHEDULES,
+    TrainResult,
+    evaluate,
+    lr_at,
+    outcome,
+    train,
+)
+from .verdicts import COMPARISONS, VERDICTS, Prediction, compare, direction, failed, verdict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVATIONS",
+    "COMPARISONS",
     "CORPORA",
     "INITS",
     "INIT_COLORS",
@@ -58,13 +84,17 @@ __all__ = [
     "NORMS",
     "NORM_COLORS",
     "OPTIMIZERS",
+    "OUTCOMES",
     "PLACEMENTS",
     "PLACEMENT_COLORS",
     "PLACEMENT_LABELS",
+    "Prediction",
     "PRESETS",
     "SCHEDULES",
     "SLOTS",
     "SUBLAYERS",
+    "THEORY_SETTING",
+    "VERDICTS",
     "Block",
     "CausalSelfAttention",
     "Corpus",
@@ -73,6 +103,7 @@ __all__ = [
     "RMSNorm",
     "Registry",
     "Scale",
+    "TEXT_WIDTH",
     "TrainResult",
     "TransformerLM",
     "UnknownNameError",
@@ -82,11 +113,15 @@ __all__ = [
     "branch_jacobian",
     "branch_ratios",
     "build_model",
+    "compare",
     "depth_axis",
     "device",
+    "direction",
     "draw_placements",
+    "end_to_end_gains",
     "end_to_end_spectral_norms",
     "evaluate",
+    "failed",
     "gaussian_batch",
     "glue",
     "grid_points",
@@ -99,6 +134,7 @@ __all__ = [
     "make_norm",
     "norm_input_scales",
     "one_legend",
+    "outcome",
     "palette",
     "param_grad_norms",
     "plot_grid",
@@ -110,9 +146,12 @@ __all__ = [
     "scale",
     "set_style",
     "setup_cpu",
+    "skip_path",
     "spectral_norm",
+    "step_gradients",
     "step_jacobian_parts",
     "sweep",
     "train",
     "update_sensitivity",
+    "verdict",
 ]

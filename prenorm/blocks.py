@@ -21,6 +21,7 @@ probes differentiate. A new placement is one more entry in :data:`PLACEMENTS`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,16 +132,28 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
 
-class MLP(nn.Module):
-    r"""Position-wise feed-forward network :math:`\mathrm{MLP}(x) = W_2\,\mathrm{GELU}(W_1x+b_1)+b_2`."""
+#: The MLP's activation functions by name.
+ACTIVATIONS: Registry[Callable[[Tensor], Tensor]] = Registry(
+    "activation", {"gelu": F.gelu, "relu": F.relu}
+)
 
-    def __init__(self, d_model: int, hidden: int, bias: bool = True) -> None:
+
+class MLP(nn.Module):
+    r"""Position-wise feed-forward network :math:`\mathrm{MLP}(x) = W_2\,\phi(W_1x+b_1)+b_2`,
+    with :math:`\phi` the ``activation`` (a key of :data:`ACTIVATIONS`; GELU by default,
+    ReLU in Xiong et al.'s theory setting)."""
+
+    def __init__(
+        self, d_model: int, hidden: int, bias: bool = True, activation: str = "gelu"
+    ) -> None:
         super().__init__()
+        self.act = ACTIVATIONS[activation]
+        self.activation = activation
         self.fc1 = nn.Linear(d_model, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -149,7 +162,7 @@ class Block(nn.Module):
     ``placement`` is a key of :data:`PLACEMENTS` (see the module docstring for the
     equations), ``norm`` a key of :data:`~prenorm.NORMS`. ``alpha`` scales the skip
     path for ``placement="deepnorm"`` (:math:`(2N)^{1/4}` for an N-layer decoder;
-    :class:`~prenorm.TransformerLM` sets it).
+    :class:`~prenorm.TransformerLM` sets it); ``activation`` is the MLP's.
 
     The norms are attributes named by sublayer and slot (``attn_norm_in``,
     ``mlp_norm_after``, ...), ``None`` where the placement has no norm;
@@ -167,6 +180,7 @@ class Block(nn.Module):
         mlp_ratio: int = 4,
         bias: bool = True,
         alpha: float = 1.0,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("mlp_ratio", mlp_ratio)):
@@ -186,7 +200,7 @@ class Block(nn.Module):
             )
         self.alpha = float(alpha)
         self.attn = CausalSelfAttention(d_model, n_heads, bias=bias)
-        self.mlp = MLP(d_model, mlp_ratio * d_model, bias=bias)
+        self.mlp = MLP(d_model, mlp_ratio * d_model, bias=bias, activation=activation)
 
         def slot_norm(slot: str) -> nn.Module | None:
             return make_norm(norm, d_model, bias=bias) if self.spec.has(slot) else None

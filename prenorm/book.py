@@ -17,6 +17,7 @@ import torch
 
 from .data import Corpus, gaussian_batch, load_corpus
 from .devices import Scale, amp_dtype, device, scale, setup_cpu
+from .model import THEORY_SETTING
 from .plotting import glue, set_style
 
 __all__ = ["Chapter", "setup"]
@@ -44,9 +45,9 @@ class Chapter:
 
     @property
     def theory_model(self) -> dict[str, object]:
-        """Xiong et al.'s theory setting at the preset's theory width: one head and
-        ``init="xiong"`` (Xavier, zero biases, :math:`W^Q = W^K = 0`)."""
-        return {**self.model, "d_model": self.S.theory_width, "n_heads": 1, "init": "xiong"}
+        """Xiong et al.'s theory setting (:data:`~prenorm.THEORY_SETTING`) at the preset's
+        theory width."""
+        return {**self.model, "d_model": self.S.theory_width, **THEORY_SETTING}
 
     def val_batch(self, seed: int = 0, batch_size: int | None = None) -> Batch:
         """The standard validation batch: ``batch_size`` (default: the preset's) windows of

@@ -87,6 +87,18 @@ class Corpus:
         """Number of distinct characters."""
         return len(self.chars)
 
+    def unigram_entropy(self, split: str = "train") -> float:
+        r"""Entropy of the character frequencies of ``split``, in nats:
+        :math:`H = -\sum_c p_c \ln p_c`. It is the cross-entropy of the best model that
+        ignores context, the level at which a language model that has learned only
+        character frequencies stalls."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits are 'train', 'val'")
+        ids = self.train_ids if split == "train" else self.val_ids
+        p = torch.bincount(ids, minlength=self.vocab_size).double() / len(ids)
+        p = p[p > 0]
+        return float(-(p * p.log()).sum())
+
     def encode(self, s: str) -> Tensor:
         """Characters to a 1-D long tensor of ids (unknown characters raise)."""
         unknown = sorted(set(s) - self._stoi.keys())

@@ -51,9 +51,11 @@ class Scale:
 
     ``d_model``/``n_heads``/``seq_len``/``batch_size``: model and batch for probes
     and training; ``depths``: depths for per-layer probes at initialization;
-    ``seeds``: seeds for spread; ``theory_width``/``theory_depths``: the Xiong et al.
-    theory setting; ``spectral_iters``: power-iteration steps; ``train_*``: the
-    training experiments.
+    ``seeds``: seeds for spread; ``theory_width``/``theory_depths``/``theory_seeds``: the
+    Xiong et al. theory setting, whose lemmas bound expectations over weight draws, so it
+    takes more seeds; ``spectral_iters``: power-iteration steps; ``train_*``: the
+    training experiments; ``demo_*``: the book's opening comparison of Post-LN and
+    Pre-LN trained side by side.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Scale:
     seeds: tuple[int, ...]
     theory_width: int
     theory_depths: tuple[int, ...]
+    theory_seeds: tuple[int, ...]
     spectral_iters: int
     spectral_depths: tuple[int, ...]
     train_depths: tuple[int, ...]
@@ -72,6 +75,9 @@ class Scale:
     train_lrs: tuple[float, ...]
     train_warmups: tuple[int, ...]
     train_seeds: tuple[int, ...]
+    demo_depth: int
+    demo_steps: int
+    demo_batch_size: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -97,6 +103,7 @@ PRESETS: Registry[Scale] = Registry(
             seeds=(0, 1),
             theory_width=32,
             theory_depths=(2, 4, 8),
+            theory_seeds=(0, 1, 2, 3),
             spectral_iters=15,
             spectral_depths=(2, 4),
             train_depths=(2,),
@@ -104,6 +111,9 @@ PRESETS: Registry[Scale] = Registry(
             train_lrs=(1e-3,),
             train_warmups=(0,),
             train_seeds=(0,),
+            demo_depth=2,
+            demo_steps=30,
+            demo_batch_size=4,
         ),
         "cpu": Scale(
             name="cpu",
@@ -115,6 +125,7 @@ PRESETS: Registry[Scale] = Registry(
             seeds=(0, 1, 2),
             theory_width=64,
             theory_depths=(3, 6, 12, 24, 48),
+            theory_seeds=tuple(range(16)),
             spectral_iters=40,
             spectral_depths=(3, 6, 12, 24, 48),
             train_depths=(6, 12),
@@ -122,6 +133,9 @@ PRESETS: Registry[Scale] = Registry(
             train_lrs=(3e-4, 1e-3, 3e-3),
             train_warmups=(0, 100),
             train_seeds=(0, 1),
+            demo_depth=12,
+            demo_steps=300,
+            demo_batch_size=16,
         ),
         "gpu": Scale(
             name="gpu",
@@ -133,6 +147,7 @@ PRESETS: Registry[Scale] = Registry(
             seeds=(0, 1, 2, 3, 4),
             theory_width=256,
             theory_depths=(3, 6, 12, 24, 48, 96),
+            theory_seeds=tuple(range(32)),
             spectral_iters=60,
             spectral_depths=(3, 6, 12, 24, 48, 96),
             train_depths=(6, 12, 24),
@@ -140,6 +155,9 @@ PRESETS: Registry[Scale] = Registry(
             train_lrs=(3e-4, 1e-3, 3e-3),
             train_warmups=(0, 500),
             train_seeds=(0, 1, 2),
+            demo_depth=12,
+            demo_steps=1500,
+            demo_batch_size=64,
         ),
     },
 )

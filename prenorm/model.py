@@ -56,12 +56,20 @@ def init_xavier(model: TransformerLM) -> None:
 
 
 def init_xiong(model: TransformerLM) -> None:
-    r"""Xiong et al. 2020's theory setting: Xavier, biases 0, and :math:`W^Q = W^K = 0`,
-    so attention is uniform over the causal prefix."""
-    init_xavier(model)
+    r"""Xiong et al. 2020's theory setting (their Section 3): Gaussian Xavier weights,
+    :math:`N(0, 2/(n_{in}+n_{out}))`, which is :math:`N(0, 1/d)` for every
+    :math:`d \times d` matrix of :data:`THEORY_SETTING` (:math:`W^V`, :math:`W^O`,
+    :math:`W^1`, :math:`W^2`); biases 0; and :math:`W^Q = W^K = 0`, so attention is
+    uniform over the causal prefix. :math:`W^V` is drawn as its own :math:`d \times d`
+    matrix, not as a slice of the fused QKV projection, whose Xavier fan would give it
+    variance :math:`1/(2d)`."""
+    for _, m in _linears_and_embeddings(model):
+        nn.init.xavier_normal_(m.weight)
+        _zero_bias(m)
     d = model.d_model
     for blk in model.blocks:
         blk.attn.qkv.weight[: 2 * d].zero_()
+        nn.init.normal_(blk.attn.qkv.weight[2 * d :], 0.0, d**-0.5)
 
 
 def init_deepnorm(model: TransformerLM) -> None:
@@ -76,6 +84,19 @@ def init_deepnorm(model: TransformerLM) -> None:
         for w in (blk.attn.proj.weight, blk.mlp.fc1.weight, blk.mlp.fc2.weight):
             nn.init.xavier_normal_(w, gain=beta)
 
+
+#: Xiong et al. 2020's theory setting (their Section 3), as model arguments: one head
+#: with :math:`W^Q = W^K = 0` (uniform attention), a :math:`d \times d` ReLU FFN
+#: (``mlp_ratio=1``), no biases, Gaussian Xavier weights (``init="xiong"``). With
+#: Gaussian inputs of :math:`E\|x\|^2 = d` (:func:`~prenorm.gaussian_batch`), their
+#: Lemma 1 bounds the Pre-LN stream by :math:`(1 + l/2)d \le E\|x_l\|^2 \le (1 + 3l/2)d`.
+THEORY_SETTING: dict[str, object] = {
+    "n_heads": 1,
+    "mlp_ratio": 1,
+    "activation": "relu",
+    "bias": False,
+    "init": "xiong",
+}
 
 #: The initialization schemes by name; each entry is the function that applies it.
 INITS: Registry[Callable[[TransformerLM], None]] = Registry(
@@ -100,8 +121,8 @@ class TransformerLM(nn.Module):
     - ``"gpt2"``: weights :math:`N(0, 0.02^2)`, the residual output projections
       (attention ``proj``, MLP ``fc2``) :math:`N(0, (0.02/\sqrt{2L})^2)`, biases 0;
     - ``"xavier"``: Xavier-uniform weights and embeddings, biases 0;
-    - ``"xiong"``: the theory setting of Xiong et al. 2020: Xavier, biases 0 and
-      :math:`W^Q = W^K = 0`, so attention is uniform (over the causal prefix);
+    - ``"xiong"``: the init of Xiong et al. 2020's theory setting (Gaussian Xavier,
+      biases 0, :math:`W^Q = W^K = 0`); use it with :data:`THEORY_SETTING`'s shapes;
     - ``"deepnorm"``: DeepNet's init (Wang et al. 2022): Xavier-normal, with gain
       :math:`\beta=(8L)^{-1/4}` on :math:`W^V`, :math:`W^O` and the MLP.
 
@@ -122,6 +143,7 @@ class TransformerLM(nn.Module):
         init: str = "gpt2",
         mlp_ratio: int = 4,
         bias: bool = True,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -144,7 +166,7 @@ class TransformerLM(nn.Module):
             self.tok_emb = nn.Embedding(vocab_size, d_model)
             self.pos_emb = nn.Embedding(seq_len, d_model)
             self.blocks = nn.ModuleList(
-                Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha)
+                Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha, activation)
                 for _ in range(n_layers)
             )
             self.final_norm = (

@@ -73,7 +73,8 @@ def residual_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     :math:`l = 0..L` (row ``layer=L`` is the final state).
 
     Columns: ``layer``, ``norm_mean`` and ``norm_std`` (over tokens), ``rms``
-    (:math:`\|x_l\|/\sqrt d`, averaged over tokens), plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
+    (:math:`\|x_l\|/\sqrt d`, averaged over tokens), ``ms`` (:math:`\|x_l\|^2/d`,
+    averaged over tokens: the mean square that Xiong et al.'s lemma bounds), plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     x0, _ = _stream_input(model, batch)
     with torch.no_grad():
@@ -87,6 +88,7 @@ def residual_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                 "norm_mean": n.mean().item(),
                 "norm_std": n.std().item() if n.numel() > 1 else 0.0,
                 "rms": (n / model.d_model**0.5).mean().item(),
+                "ms": (n.pow(2) / model.d_model).mean().item(),
             }
         )
     return pd.DataFrame(rows).assign(**model.describe())
@@ -129,7 +131,8 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     input :math:`s`; for an RMSNorm, :math:`\mathrm{RMS}(s)`. By chapter 2, a norm's
     Jacobian has spectral norm :math:`1/\sigma` (with :math:`\gamma = 1`). One row per
     (layer, norm): ``layer``, ``sublayer``, ``position`` (as in :func:`branch_ratios`), ``slot`` (``"in"``, ``"out"`` or
-    ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``inv_scale_mean``.
+    ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``scale_sq_mean`` (the mean of
+    :math:`\sigma^2`), ``inv_scale_mean``.
     """
     x0, _ = _stream_input(model, batch)
     rows: list[dict[str, object]] = []
@@ -153,6 +156,7 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                         "slot": slot,
                         "scale_mean": scale.mean().item(),
                         "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
+                        "scale_sq_mean": scale.pow(2).mean().item(),
                         "inv_scale_mean": (1 / scale).mean().item(),
                     }
                 )
@@ -271,6 +275,174 @@ def end_to_end_spectral_norms(
 
         rows.append({"layer": l, "spectral_norm": spectral_norm(tail, states[l], iters, tol, seed)})
     return pd.DataFrame(rows).assign(**model.describe(), final_norm=include_final_norm)
+
+
+def skip_path(model: TransformerLM, batch: Batch, max_tokens: int = 64) -> pd.DataFrame:
+    r"""How far each residual step's *skip path* is from an identity path.
+
+    The Jacobian of a step :math:`x' = \mathrm{N}_{after}(\alpha x + F(x))` splits into a
+    branch part and a skip part, :math:`J_{skip} = \alpha J_{after}(s)` with
+    :math:`s = \alpha x + F(x)` (the identity for Pre-LN; :math:`J_{\mathrm{LN}}(s)` for
+    Post-LN). Per token it is a :math:`d \times d` matrix (norms act token by token), so
+    the skip path from step :math:`k` to the top is the product of those matrices.
+
+    One row per step: ``layer``, ``sublayer``, ``position``; ``step_distance``,
+    :math:`\|J_{skip} - I\|_F / \sqrt d` (root mean square over tokens); and, for the
+    product from this step's input to the top of the stack, ``stack_distance``
+    (:math:`\|\prod J_{skip} - I\|_F/\sqrt d`) and ``stack_gain``
+    (:math:`\|\prod J_{skip}\|_F/\sqrt d`, the skip path's typical gain on a random
+    vector). A LayerNorm with :math:`\sigma = 1` and :math:`\gamma = 1` is the identity
+    minus a rank-2 projection, at distance :math:`\sqrt{2/d}`. Uses the first
+    ``max_tokens`` tokens of the batch.
+    """
+    x0, _ = _stream_input(model, batch)
+    h = x0.reshape(-1, x0.shape[-1])[:max_tokens].unsqueeze(0).detach()
+    d = h.shape[-1]
+    eye = torch.eye(d, dtype=h.dtype, device=h.device)
+    skips, where = [], []
+    with torch.no_grad():
+        for l, blk in enumerate(model.blocks):
+            for which in SUBLAYERS:
+                s = blk.alpha * h + blk.branch(which, h)
+                norm = blk.norm(which, "after")
+                j = blk.alpha * (
+                    norm.jacobian(s[0]) if norm is not None else eye.expand(s.shape[1], d, d)
+                )
+                skips.append(j)
+                where.append((l, which))
+                h = norm(s) if norm is not None else s
+        rows, prod = [], eye.expand(h.shape[1], d, d)
+        for (l, which), j in reversed(list(zip(where, skips, strict=True))):
+            prod = prod @ j
+            rows.append(
+                {
+                    "layer": l,
+                    "sublayer": which,
+                    "position": _position(l, which),
+                    "step_distance": _rel_fro(j - eye, d),
+                    "stack_distance": _rel_fro(prod - eye, d),
+                    "stack_gain": _rel_fro(prod, d),
+                }
+            )
+    return pd.DataFrame(rows[::-1]).assign(**model.describe())
+
+
+def _rel_fro(m: Tensor, d: int) -> float:
+    """Root mean square over tokens of ||m_t||_F / sqrt(d), for m of shape (tokens, d, d)."""
+    return (m.pow(2).sum(dim=(-2, -1)).mean() / d).sqrt().item()
+
+
+def step_gradients(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""The backward pass through each residual step, taken apart.
+
+    For a step :math:`x' = \mathrm{N}_{after}(s)`, :math:`s = \alpha x + F(x)`, with
+    :math:`g' = \partial\mathcal L/\partial x'`, the gradient at the sum is
+    :math:`u = J_{after}^\top g'` (:math:`u = g'` without an after-norm), and the
+    gradient at the step's input is :math:`g = \alpha u + J_F^\top u`: a skip term and a
+    branch term. One row per step: ``layer``, ``sublayer``, ``position``; the norms
+    ``grad_out`` :math:`\|g'\|`, ``grad_sum`` :math:`\|u\|`, ``grad_in`` :math:`\|g\|`,
+    ``branch_term`` :math:`\|J_F^\top u\|`; ``gain`` :math:`\|g\|/\|g'\|` (the step's
+    effect on the gradient), ``norm_gain`` :math:`\|u\|/\|g'\|`, ``residual_gain``
+    :math:`\|g\|/\|u\|` (the factor :math:`\alpha I + J_F^\top`); ``cos`` the cosine
+    between the skip and branch terms (negative when the branch cancels the skip);
+    ``branch_ratio`` :math:`\|F(x)\|/\|x\|` and ``sigma``, the mean scale the
+    after-norm divides by (NaN without one). Norms are over the whole batch.
+    """
+    x0, y = _stream_input(model, batch)
+    h = x0.detach().requires_grad_(True)
+    ins, sums, outs, meta = [], [], [], []
+    for l, blk in enumerate(model.blocks):
+        for which in SUBLAYERS:
+            f = blk.branch(which, h)
+            s = blk.alpha * h + f
+            norm = blk.norm(which, "after")
+            out = norm(s) if norm is not None else s
+            ratio = (_token_norms(f) / _token_norms(h)).mean().item()
+            sigma = norm.scale(s.detach()).mean().item() if norm is not None else float("nan")
+            ins.append(h)
+            sums.append(s)
+            outs.append(out)
+            meta.append((l, which, ratio, sigma, blk.alpha))
+            h = out
+    loss = _loss(model, h, y)
+    g_in = torch.autograd.grad(loss, ins, retain_graph=True)
+    g_sum = torch.autograd.grad(loss, sums, retain_graph=True)
+    g_out = torch.autograd.grad(loss, outs)
+    rows = []
+    for (l, which, ratio, sigma, alpha), gi, gs, go in zip(meta, g_in, g_sum, g_out, strict=True):
+        skip, branch = alpha * gs, gi - alpha * gs
+        rows.append(
+            {
+                "layer": l,
+                "sublayer": which,
+                "position": _position(l, which),
+                "grad_out": go.norm().item(),
+                "grad_sum": gs.norm().item(),
+                "grad_in": gi.norm().item(),
+                "branch_term": branch.norm().item(),
+                "gain": (gi.norm() / go.norm()).item(),
+                "norm_gain": (gs.norm() / go.norm()).item(),
+                "residual_gain": (gi.norm() / gs.norm()).item(),
+                "cos": torch.nn.functional.cosine_similarity(
+                    skip.flatten(), branch.flatten(), dim=0
+                ).item(),
+                "branch_ratio": ratio,
+                "sigma": sigma,
+            }
+        )
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def end_to_end_gains(
+    model: TransformerLM,
+    x: Tensor,
+    layers: list[int] | None = None,
+    samples: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    r"""Typical gain of the block stack from :math:`x_l` to :math:`x_L`,
+    :math:`\|\partial x_L/\partial x_l\|_F / \sqrt{Td}`, for each ``l`` in ``layers``
+    (default: every layer), at one sequence.
+
+    Hutchinson's estimator: for :math:`u \sim N(0, I)`,
+    :math:`E\|J^\top u\|^2 = \|J\|_F^2`, so the gain is
+    :math:`\sqrt{\mathrm{mean}\|J^\top u_i\|^2/(Td)}` over ``samples``
+    vector-Jacobian products: random gradients at :math:`x_L` carried down to
+    :math:`x_l` by one forward and ``samples`` backward passes; the Jacobian is never
+    formed. Unlike the spectral norm, it is the root-mean-square gain over all
+    directions, and it can come out below or above 1 for any placement: a Pre-LN
+    stack is not held at or above 1 by the per-token constant shifts that pass it
+    unchanged. Columns: ``layer``, ``gain``, ``gain_sem`` (standard error over samples,
+    propagated to the gain), plus the model's describe columns.
+    """
+    if x.dtype == torch.long:
+        x0 = model.embed(x)
+    else:
+        _check_tensor(x, "x")
+        x0 = x
+    if x0.dim() != 3 or x0.shape[0] != 1:
+        raise ValueError(f"x must hold one sequence (batch size 1), got shape {tuple(x0.shape)}")
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2 for an error estimate, got {samples}")
+    layers = list(range(model.n_layers)) if layers is None else layers
+    bad = [l for l in layers if not 0 <= l <= model.n_layers]
+    if bad:
+        raise ValueError(f"layers must lie in [0, {model.n_layers}], got {bad}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    h = x0.detach().requires_grad_(True)
+    states = model.residual_stream(h)
+    us = [torch.randn(h.shape, generator=gen, dtype=h.dtype).to(h.device) for _ in range(samples)]
+    sq: dict[int, list[float]] = {l: [] for l in layers}
+    for u in us:
+        grads = torch.autograd.grad(states[-1], [states[l] for l in layers], u, retain_graph=True)
+        for l, g in zip(layers, grads, strict=True):
+            sq[l].append(g.pow(2).sum().item() / h.numel())
+    rows = []
+    for l in layers:
+        m = sum(sq[l]) / samples
+        sem = (sum((q - m) ** 2 for q in sq[l]) / (samples - 1) / samples) ** 0.5
+        rows.append({"layer": l, "gain": m**0.5, "gain_sem": sem / (2 * m**0.5)})
+    return pd.DataFrame(rows).assign(**model.describe())
 
 
 # ---- the response to a change ------------------------------------------------

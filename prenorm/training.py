@@ -142,6 +142,23 @@ class TrainResult:
         }
 
 
+#: What became of a training run, in the words the book uses.
+OUTCOMES = ("trained", "stalled", "diverged")
+
+
+def outcome(result: TrainResult, entropy: float, margin: float) -> str:
+    """Classify a run against the unigram entropy :math:`H` of its corpus
+    (:meth:`~prenorm.Corpus.unigram_entropy`), with a ``margin`` stated before the
+    experiment: ``"diverged"`` if it diverged; ``"stalled"`` if its final validation
+    loss is not at least ``margin`` below :math:`H` (it learned no more than character
+    frequencies); ``"trained"`` otherwise."""
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if result.diverged:
+        return OUTCOMES[2]
+    return OUTCOMES[0] if result.final_val_loss < entropy - margin else OUTCOMES[1]
+
+
 @torch.no_grad()
 def evaluate(
     model: TransformerLM,

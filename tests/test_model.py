@@ -149,3 +149,39 @@ def test_reset_returns_a_trained_model_to_a_fresh_one(corpus):
         model.reset_parameters()
         for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
             assert torch.equal(p, q), (placement, init, name)
+
+
+def test_theory_setting_matches_xiong_section_3():
+    """Shapes and init of Xiong et al.'s setting, and the energy each sublayer adds.
+
+    With a d x d ReLU FFN of N(0, 1/d) weights, the FFN of a Pre-LN step adds d/2 to
+    E||x||^2 (half the Gaussian energy survives the ReLU); uniform attention adds
+    between 0 and d. The old 4d GELU MLP with a fused-QKV Xavier fan added about 0.24 d
+    and would fail the first check.
+    """
+    from prenorm import THEORY_SETTING, build_model, gaussian_batch
+
+    d = 256
+    m = build_model(
+        seed=0, vocab_size=V, d_model=d, n_layers=2, seq_len=8, placement="pre", **THEORY_SETTING
+    )
+    blk = m.blocks[0]
+    assert blk.mlp.fc1.weight.shape == (d, d) and blk.mlp.activation == "relu"
+    assert blk.attn.qkv.bias is None and blk.norm("mlp", "in").bias is None
+    assert blk.attn.qkv.weight[: 2 * d].abs().max() == 0
+    for w in (
+        blk.attn.qkv.weight[2 * d :],
+        blk.attn.proj.weight,
+        blk.mlp.fc1.weight,
+        blk.mlp.fc2.weight,
+    ):
+        assert abs(w.std().item() * d**0.5 - 1) < 0.02  # N(0, 1/d)
+    x, _ = gaussian_batch(64, 8, d, V, seed=1)
+    with torch.no_grad():
+        mid = blk.step("attn", x)
+        attn_gain = (mid.pow(2).sum(-1).mean() - x.pow(2).sum(-1).mean()).item() / d
+        ffn_gain = (
+            blk.step("mlp", mid).pow(2).sum(-1).mean() - mid.pow(2).sum(-1).mean()
+        ).item() / d
+    assert abs(ffn_gain - 0.5) < 0.05, ffn_gain
+    assert 0.0 < attn_gain < 1.0, attn_gain

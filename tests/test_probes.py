@@ -194,3 +194,73 @@ def test_layer_ablation_skips_exactly_one_block():
         m.head(m.final_norm(h)).flatten(0, 1), y.flatten()
     ).item()
     assert abs(df.loc[1, "ablated_loss"] - by_hand) < 1e-6
+
+
+def test_skip_path_against_autograd_with_the_branches_held_fixed():
+    """The stack's skip path is the Jacobian of the stack with every branch's output held
+    constant; for one token it is that token's d x d block. Pre-LN's is exactly I."""
+    from prenorm import skip_path
+
+    m = _model("post", init="xavier")
+    x, y = _batch(1)
+    df = skip_path(m, (x, y), max_tokens=T)
+    assert list(df["position"]) == list(range(2 * L))
+    x0 = m.embed(x).detach()
+
+    def frozen_stack(h):  # branches evaluated at the real states, then held fixed
+        with torch.no_grad():
+            consts, hh = [], x0
+            for blk in m.blocks:
+                for which in ("attn", "mlp"):
+                    f = blk.branch(which, hh)
+                    consts.append(f)
+                    hh = blk.norm(which, "after")(blk.alpha * hh + f)
+        k = 0
+        for blk in m.blocks:
+            for which in ("attn", "mlp"):
+                h = blk.norm(which, "after")(blk.alpha * h + consts[k])
+                k += 1
+        return h
+
+    j = jacrev(frozen_stack)(x0)[0, :, :, 0, :, :]  # (T, d, T, d)
+    blocks = torch.stack([j[t, :, t, :] for t in range(T)])
+    eye = torch.eye(D)
+    expected = ((blocks - eye).pow(2).sum((-2, -1)).mean() / D).sqrt().item()
+    assert abs(df.loc[0, "stack_distance"] - expected) < 1e-4
+    gain = (blocks.pow(2).sum((-2, -1)).mean() / D).sqrt().item()
+    assert abs(df.loc[0, "stack_gain"] - gain) < 1e-4
+    pre = skip_path(_model("pre"), (x, y))
+    assert pre["step_distance"].max() == 0 and (pre["stack_gain"] - 1).abs().max() < 1e-6
+
+
+def test_step_gradients_decompose_the_backward_pass():
+    from prenorm import step_gradients
+
+    m = _model("post", init="xavier")
+    x, y = _batch()
+    df = step_gradients(m, (x, y))
+    hid = hidden_grad_norms(m, (x, y))
+    # the gradient entering each layer's attention step is the hidden-state gradient
+    attn = df[df.sublayer == "attn"].reset_index()
+    assert (attn.grad_in - hid.grad_norm.iloc[:L].to_numpy()).abs().max() < 1e-6
+    assert (df.gain - df.norm_gain * df.residual_gain).abs().max() < 1e-5
+    assert df.sigma.notna().all() and df.cos.between(-1, 1).all()
+    pre = step_gradients(_model("pre"), (x, y))
+    assert (pre.norm_gain - 1).abs().max() < 1e-6 and pre.sigma.isna().all()
+    # skip + branch terms rebuild the input gradient: |g|^2 = |u|^2 + |b|^2 + 2 cos |u||b|
+    rebuilt = pre.grad_sum**2 + pre.branch_term**2 + 2 * pre.cos * pre.grad_sum * pre.branch_term
+    assert ((rebuilt.pow(0.5) - pre.grad_in) / pre.grad_in).abs().max() < 1e-4
+
+
+def test_end_to_end_gains_estimate_the_frobenius_norm():
+    from prenorm import end_to_end_gains
+
+    m = _model("post", init="xavier")
+    x = m.embed(_batch(1)[0]).detach()
+    exact_j = jacrev(lambda h: m.residual_stream(h)[-1])(x).reshape(T * D, T * D)
+    exact = (exact_j.pow(2).sum() / (T * D)).sqrt().item()
+    df = end_to_end_gains(m, x, layers=[0], samples=100, seed=1)
+    est, sem = df.loc[0, "gain"], df.loc[0, "gain_sem"]
+    assert abs(est - exact) < 4 * sem and sem < 0.05 * exact
+    with pytest.raises(ValueError, match="samples must be >= 2"):
+        end_to_end_gains(m, x, samples=1)
