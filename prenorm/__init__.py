@@ -45,12 +45,13 @@ from .probes import (
     update_sensitivity,
 )
 from .registry import Registry, UnknownNameError
-from .sweeps import grid_points, probe_sweep, sweep
+from .sweeps import BACKENDS, grid_points, probe_sweep, sweep
 from .training import OPTIMIZERS, SCHEDULES, TrainResult, evaluate, lr_at, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKENDS",
     "CORPORA",
     "INITS",
     "INIT_COLORS",
