@@ -337,6 +337,31 @@ def _check_kwargs(kind: str, kwargs: Mapping[str, object], valid: Sequence[str])
         raise ValueError(f"unknown {kind} keys {unknown}; valid keys are {sorted(valid)}")
 
 
+def _required(fn: Callable[..., object], skip: tuple[str, ...]) -> tuple[str, ...]:
+    """The arguments of ``fn`` that have no default."""
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.default is p.empty and p.name not in skip)
+
+
+#: What every run must be given, by the fixed kwargs or by the grid.
+_REQUIRED = {
+    "model": _required(TransformerLM.__init__, ("self",)),
+    "train": _required(train, ("model", "data", "seed")),
+}
+
+
+def _check_complete(jobs: list[Job]) -> None:
+    """Every run is given the arguments that :class:`~prenorm.TransformerLM` and
+    :func:`~prenorm.train` require."""
+    for part, required in _REQUIRED.items():
+        for job in jobs:
+            missing = [k for k in required if k not in job[part]]
+            if missing:
+                raise ValueError(
+                    f"missing {part} arguments {missing}: give them in {part}_kwargs or the grid"
+                )
+
+
 def _rows(
     points: list[dict[str, object]], jobs: list[Job], outcomes: list[Outcome], history: bool
 ) -> pd.DataFrame:
@@ -404,8 +429,9 @@ def sweep(
     **Failures.** A run that diverges is a row with ``diverged=True``. A run that raises
     (or whose worker dies) is a row with the exception in ``error`` (``"Type:
     message"``; ``None`` for runs that finished), ``diverged=False`` and no losses; the
-    other runs are unaffected. Bad arguments (unknown keys or names, ``workers < 1``,
-    an unknown backend, Ray missing) raise before the first run starts.
+    other runs are unaffected; a warning counts such runs. Bad arguments (unknown or
+    missing keys, unknown names, ``workers < 1``, an unknown backend, Ray missing)
+    raise before the first run starts.
 
     **Cache.** With ``cache=path`` every finished run is appended to that file as one
     JSON line as soon as it finishes, keyed by its full configuration (model and
@@ -445,6 +471,7 @@ def sweep(
         }
         for point in points
     ]
+    _check_complete(jobs)
     for job in jobs:
         for key, value in {**job["model"], **job["train"]}.items():
             if key in _NAMED:
@@ -474,4 +501,11 @@ def sweep(
                     record = {"prenorm": __version__, "key": keys[i], "job": jobs[i]}
                     _append(path, {**record, "outcome": outcomes[i]})
                 bar.update(1)
+    failed = [outcomes[i]["error"] for i in range(len(jobs)) if "error" in outcomes[i]]
+    if failed:
+        warnings.warn(
+            f"{len(failed)} of {len(jobs)} runs raised (see the 'error' column), the first "
+            f"with {failed[0]}",
+            stacklevel=2,
+        )
     return _rows(points, jobs, [outcomes[i] for i in range(len(jobs))], history)

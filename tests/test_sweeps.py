@@ -78,8 +78,10 @@ def test_failed_and_diverged_runs_are_rows(corpus):
         model_kwargs=dict(d_model=16, n_heads=2, seq_len=8, n_layers=1, placement="post"),
         progress=False,
     )
-    parallel = sweep(corpus, grid, workers=2, **kw)
-    serial = sweep(corpus, grid, workers=1, **kw)
+    with pytest.warns(UserWarning, match="2 of 4 runs raised .* first with ValueError"):
+        parallel = sweep(corpus, grid, workers=2, **kw)
+    with pytest.warns(UserWarning, match="2 of 4 runs raised"):
+        serial = sweep(corpus, grid, workers=1, **kw)
     same_numbers(parallel, serial)
     assert parallel["diverged"].tolist() == [False, True, False, False]
     assert parallel["error"].isna().tolist() == [True, True, False, False]
@@ -88,7 +90,8 @@ def test_failed_and_diverged_runs_are_rows(corpus):
     assert parallel["n_layers"].tolist() == [1, 1, 1, 1]
     assert parallel["final_train_loss"].notna().tolist() == [True, True, False, False]
     assert parallel["steps_done"][0] == 20
-    steps = sweep(corpus, grid, workers=1, history=True, **kw)
+    with pytest.warns(UserWarning, match="2 of 4 runs raised"):
+        steps = sweep(corpus, grid, workers=1, history=True, **kw)
     assert steps.groupby("batch_size").size().to_dict()[0] == 2  # one row per failed run
     assert steps[steps["error"].notna()]["step"].isna().all()
 
@@ -157,6 +160,10 @@ def test_bad_input_is_refused_before_any_run(corpus, tmp_path, trained):
         sweep(corpus, {"placement": ["pre", "mid"]}, **kw)
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         sweep(corpus, {"optimizer": ["adam", "lion"]}, **kw)
+    with pytest.raises(ValueError, match=r"missing train arguments \['lr'\]: give them in"):
+        sweep(corpus, GRID, **{**kw, "train_kwargs": {"steps": 2}})
+    with pytest.raises(ValueError, match=r"missing model arguments \['n_layers'\]"):
+        sweep(corpus, GRID, **{**kw, "model_kwargs": dict(d_model=16, n_heads=2, seq_len=8)})
     with pytest.raises(ValueError, match=r"unknown train_kwargs keys \['seed'\]"):
         sweep(corpus, GRID, **{**kw, "train_kwargs": {**TRAIN, "seed": 1}})
     assert trained == [] and not cache.exists()
