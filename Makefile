@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf _build $(VENV)
