@@ -187,13 +187,15 @@ def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[t
         initializer=_init_worker,
         initargs=(pickle.dumps(data),),  # plain bytes: no shared-memory tensors
     )
+    finished = False
     try:
         futures = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             exc = future.exception()  # only when a worker died (BrokenProcessPool)
             yield futures[future], {"error": _describe(exc)} if exc else future.result()
-    finally:  # also on an interrupt: drop the queued runs, keep what finished
-        pool.shutdown(wait=False, cancel_futures=True)
+        finished = True
+    finally:  # on an interrupt, drop the queued runs and do not wait for running ones
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _ray_task(data: Corpus, job: Job) -> Outcome:
@@ -362,6 +364,34 @@ def _check_complete(jobs: list[Job]) -> None:
                 )
 
 
+def _jobs(
+    points: list[dict[str, object]],
+    model_kwargs: dict[str, object],
+    train_kwargs: dict[str, object],
+    history: bool,
+) -> list[Job]:
+    """The run of every grid point: the fixed kwargs overridden by the point's values.
+    Raises if a key is unknown, a required argument is missing or a name is not in its
+    registry, so that a sweep never stops half-way over its arguments."""
+    _check_kwargs("model_kwargs", model_kwargs, MODEL_KEYS)
+    _check_kwargs("train_kwargs", train_kwargs, TRAIN_KEYS)
+    jobs = [
+        {
+            "model": _model_kwargs(point, model_kwargs),
+            "train": {**train_kwargs, **{k: v for k, v in point.items() if k in TRAIN_KEYS}},
+            "seed": int(point.get("seed", 0)),  # type: ignore[call-overload]
+            "history": history,
+        }
+        for point in points
+    ]
+    _check_complete(jobs)
+    for job in jobs:
+        for key, value in {**job["model"], **job["train"]}.items():
+            if key in _NAMED:
+                _NAMED[key].check(value)  # type: ignore[arg-type]
+    return jobs
+
+
 def _rows(
     points: list[dict[str, object]], jobs: list[Job], outcomes: list[Outcome], history: bool
 ) -> pd.DataFrame:
@@ -424,7 +454,8 @@ def sweep(
     GPUs, otherwise one CPU; there ``workers`` caps the runs in flight (default: no
     cap). Every run is trained with one intra-op thread wherever it runs (the caller's
     thread count is restored afterwards), so a grid point gives the same numbers, to
-    the last bit, on every backend.
+    the last bit, on every backend. Starting worker processes costs a few seconds
+    (each imports torch): for a sweep that takes seconds, ``workers=1`` is faster.
 
     **Failures.** A run that diverges is a row with ``diverged=True``. A run that raises
     (or whose worker dies) is a row with the exception in ``error`` (``"Type:
@@ -459,23 +490,7 @@ def sweep(
         if backend == "ray":
             _import_ray()
     model_kwargs = {"vocab_size": data.vocab_size, **(model_kwargs or {})}
-    train_kwargs = dict(train_kwargs or {})
-    _check_kwargs("model_kwargs", model_kwargs, MODEL_KEYS)
-    _check_kwargs("train_kwargs", train_kwargs, TRAIN_KEYS)
-    jobs = [
-        {
-            "model": _model_kwargs(point, model_kwargs),
-            "train": {**train_kwargs, **{k: v for k, v in point.items() if k in TRAIN_KEYS}},
-            "seed": int(point.get("seed", 0)),  # type: ignore[call-overload]
-            "history": history,
-        }
-        for point in points
-    ]
-    _check_complete(jobs)
-    for job in jobs:
-        for key, value in {**job["model"], **job["train"]}.items():
-            if key in _NAMED:
-                _NAMED[key].check(value)  # type: ignore[arg-type]
+    jobs = _jobs(points, model_kwargs, dict(train_kwargs or {}), history)
 
     outcomes: dict[int, Outcome] = {}
     path = Path(cache) if cache is not None else None
@@ -487,7 +502,7 @@ def sweep(
         outcomes = {i: cached[k] for i, k in enumerate(keys) if k in cached}
         path.parent.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(len(jobs)) if i not in outcomes]
-    n = workers if workers is not None else _default_workers([jobs[i] for i in todo])
+    n: int | None = workers or _default_workers([jobs[i] for i in todo])
     name = backend or ("processes" if n > 1 else "serial")
     if name == "ray" and workers is None:
         n = None  # let Ray's resources decide
