@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import pickle
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -165,11 +166,12 @@ def _serial(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tupl
 _WORKER_DATA: Corpus | None = None
 
 
-def _init_worker(payload: bytes) -> None:
+def _init_worker(corpus_file: str) -> None:
     global _WORKER_DATA
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    _WORKER_DATA = pickle.loads(payload)
+    with open(corpus_file, "rb") as f:
+        _WORKER_DATA = pickle.load(f)
 
 
 def _worker_run(job: Job) -> Outcome:
@@ -181,11 +183,15 @@ def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[t
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    # The corpus goes to the workers through a file: passed as an argument, its ~8 MB
+    # would travel with each spawned process and make the workers start one by one.
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump(data, f)
     pool = ProcessPoolExecutor(
         max_workers=workers or 1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(pickle.dumps(data),),  # plain bytes: no shared-memory tensors
+        initargs=(f.name,),
     )
     finished = False
     try:
@@ -196,6 +202,7 @@ def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[t
         finished = True
     finally:  # on an interrupt, drop the queued runs and do not wait for running ones
         pool.shutdown(wait=finished, cancel_futures=True)
+        os.unlink(f.name)  # workers that are still starting have it open already, or fail
 
 
 def _ray_task(data: Corpus, job: Job) -> Outcome:
