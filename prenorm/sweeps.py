@@ -164,6 +164,10 @@ def _serial(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tupl
 
 
 _WORKER_DATA: Corpus | None = None
+_DIED = (
+    " (a worker process died: out of memory, a crash, or a script that calls sweep()"
+    " outside `if __name__ == '__main__':`, which every spawned worker re-runs)"
+)
 
 
 def _init_worker(corpus_file: str) -> None:
@@ -198,7 +202,7 @@ def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[t
         futures = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             exc = future.exception()  # only when a worker died (BrokenProcessPool)
-            yield futures[future], {"error": _describe(exc)} if exc else future.result()
+            yield futures[future], {"error": _describe(exc) + _DIED} if exc else future.result()
         finished = True
     finally:  # on an interrupt, drop the queued runs and do not wait for running ones
         pool.shutdown(wait=finished, cancel_futures=True)

@@ -2,6 +2,7 @@
 as rows, resumable caches, and bad input refused before any run starts."""
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -94,6 +95,24 @@ def test_failed_and_diverged_runs_are_rows(corpus):
         steps = sweep(corpus, grid, workers=1, history=True, **kw)
     assert steps.groupby("batch_size").size().to_dict()[0] == 2  # one row per failed run
     assert steps[steps["error"].notna()]["step"].isna().all()
+
+
+class WorkerKiller:
+    """A grid value that ends the process that unpickles it: a worker dies mid-sweep."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+def test_a_dead_worker_becomes_error_rows(corpus):
+    # Fails if a worker dying (out of memory, a crash) raises out of sweep() or hangs it,
+    # instead of turning the runs it took down into rows that say what happened.
+    grid = {"clip": [None, WorkerKiller()]}
+    with pytest.warns(UserWarning, match="runs raised"):
+        df = sweep(corpus, grid, train_kwargs=TRAIN, workers=2, **TINY)
+    assert len(df) == 2
+    assert "BrokenProcessPool" in df["error"][1] and "worker process died" in df["error"][1]
+    assert df["error"].isna()[0] or "BrokenProcessPool" in df["error"][0]  # a race: either
 
 
 def test_interrupted_sweep_resumes_and_finished_one_reads_back(corpus, tmp_path, trained):
