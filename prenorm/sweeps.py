@@ -459,8 +459,9 @@ def sweep(
     ``workers=None`` means: 1 when the runs train on an accelerator (CUDA or MPS: one
     GPU, one run at a time), otherwise the number of CPU cores this process may use;
     never more than the number of runs left to train. ``backend="ray"`` makes each
-    point a Ray task on the current Ray instance (``ray.init()`` is called, starting a
-    local one, only if none is connected; connect to a cluster yourself with
+    point a Ray task on the current Ray instance (if none is connected, ``ray.init()``
+    starts a local one, or joins the cluster that ``$RAY_ADDRESS`` names, and leaves it
+    running for the next sweep; connect to a cluster yourself with
     ``ray.init(address=...)`` first), requesting one GPU per task when the cluster has
     GPUs, otherwise one CPU; there ``workers`` caps the runs in flight (default: no
     cap). Every run is trained with one intra-op thread wherever it runs (the caller's
