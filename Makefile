@@ -15,10 +15,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: book test lint format benchmark clean
 
-$(STAMP): pyproject.toml
+# The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
+# (without Ray that test is skipped, saying why).
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -e ".[book,test,ray]"
 	touch $@
 
 book: $(STAMP)
@@ -36,6 +38,7 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf _build $(VENV)

@@ -59,7 +59,7 @@ from .probes import (
     update_sensitivity,
 )
 from .registry import Registry, UnknownNameError
-from .sweeps import grid_points, probe_sweep, sweep
+from .sweeps import BACKENDS, grid_points, probe_sweep, sweep
 from .training import (
     OPTIMIZERS,
     OUTCOMES,
@@ -76,6 +76,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "BACKENDS",
     "COMPARISONS",
     "CORPORA",
     "INITS",

@@ -1,7 +1,7 @@
 """One idiom for every named choice: a mapping from name to what builds it.
 
-Placements, norms, inits, schedules, optimizers and scale presets are each a
-:class:`Registry`. Looking up a name that is not there raises
+Placements, norms, inits, schedules, optimizers, sweep backends and scale
+presets are each a :class:`Registry`. Looking up a name that is not there raises
 :class:`UnknownNameError`, whose message names the bad value and lists the valid
 ones, in the same words everywhere. A new design is one more entry.
 """

@@ -4,21 +4,40 @@
 one. Both expand the grid and build each point's model the same way
 (:func:`grid_points`, :func:`point_model`), so a grid point means the same model
 in both.
+
+A sweep's runs are independent, so :func:`sweep` can spread them over worker
+processes on this machine or over a Ray cluster (:data:`BACKENDS`), and can keep
+finished runs in a cache file so that an interrupted sweep resumes where it
+stopped. Every run, wherever it runs, is trained with one intra-op thread, so its
+numbers do not depend on the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
+from .blocks import PLACEMENTS
 from .data import Corpus
-from .model import TransformerLM, build_model
+from .devices import device as default_device
+from .model import INITS, TransformerLM, build_model
+from .norms import NORMS
 from .probes import Batch
-from .training import train
+from .registry import Registry
+from .training import OPTIMIZERS, SCHEDULES, train
 
 #: Grid keys that configure the model: the arguments of :class:`~prenorm.TransformerLM`.
 MODEL_KEYS = tuple(k for k in inspect.signature(TransformerLM.__init__).parameters if k != "self")
@@ -26,6 +45,21 @@ MODEL_KEYS = tuple(k for k in inspect.signature(TransformerLM.__init__).paramete
 TRAIN_KEYS = tuple(
     k for k in inspect.signature(train).parameters if k not in ("model", "data", "seed")
 )
+#: Keys whose values are names in a registry; checked before a sweep starts.
+_NAMED: dict[str, Registry[Any]] = {
+    "placement": PLACEMENTS,
+    "norm": NORMS,
+    "init": INITS,
+    "schedule": SCHEDULES,
+    "optimizer": OPTIMIZERS,
+}
+
+# One run of a sweep, as sent to a worker: {"model": TransformerLM kwargs, "train": train
+# kwargs, "seed": int, "history": bool}. Its outcome, as returned and cached, is plain JSON:
+# {"summary": TrainResult.summary(), "history": {column: values} or None} for a run that
+# finished (diverged or not), {"error": "Type: message"} for one that raised.
+Job = dict[str, Any]
+Outcome = dict[str, Any]
 
 
 def grid_points(
@@ -41,6 +75,10 @@ def grid_points(
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def _model_kwargs(point: Mapping[str, object], model_kwargs: Mapping[str, object]) -> dict:
+    return {**model_kwargs, **{k: v for k, v in point.items() if k in MODEL_KEYS}}
+
+
 def point_model(
     point: Mapping[str, object],
     model_kwargs: Mapping[str, object],
@@ -48,8 +86,9 @@ def point_model(
 ) -> TransformerLM:
     """The model of one grid point: ``model_kwargs`` overridden by the point's model
     keys, initialized under ``torch.manual_seed(point["seed"])`` (default 0)."""
-    kwargs = {**model_kwargs, **{k: v for k, v in point.items() if k in MODEL_KEYS}}
-    return build_model(seed=int(point.get("seed", 0)), device=device, **kwargs)
+    return build_model(
+        seed=int(point.get("seed", 0)), device=device, **_model_kwargs(point, model_kwargs)
+    )
 
 
 def probe_sweep(
@@ -76,6 +115,322 @@ def probe_sweep(
     return pd.concat(frames, ignore_index=True)
 
 
+# ---- one run, wherever it runs ----------------------------------------------------------
+def _run_job(data: Corpus, job: Job) -> Outcome:
+    """Build and train the model of ``job``; an exception becomes ``{"error": ...}``."""
+    try:
+        model = build_model(seed=job["seed"], **job["model"])
+        result = train(model, data, seed=job["seed"], **job["train"])
+    except Exception as exc:  # a run that raises is a row, never the end of the sweep
+        return {"error": _describe(exc)}
+    hist = result.history.to_dict(orient="list") if job["history"] else None
+    return {"summary": result.summary(), "history": hist}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _plain(outcome: Outcome) -> Outcome:
+    """The outcome as it reads back from JSON, so fresh and cached rows are identical."""
+    return json.loads(json.dumps(outcome, default=_jsonable))
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    return repr(value)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train with one intra-op thread (so the float summation order, and with it every
+    number, does not depend on where a run happens), denormals flushed; restore the
+    caller's thread count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---- backends: each yields (index into jobs, outcome) as runs finish ----------------------
+def _serial(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tuple[int, Outcome]]:
+    with _one_thread():
+        for i, job in enumerate(jobs):
+            yield i, _run_job(data, job)
+
+
+_WORKER_DATA: Corpus | None = None
+_DIED = (
+    " (a worker process died: out of memory, a crash, or a script that calls sweep()"
+    " outside `if __name__ == '__main__':`, which every spawned worker re-runs)"
+)
+
+
+def _init_worker(corpus_file: str) -> None:
+    global _WORKER_DATA
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    with open(corpus_file, "rb") as f:
+        _WORKER_DATA = pickle.load(f)
+
+
+def _worker_run(job: Job) -> Outcome:
+    assert _WORKER_DATA is not None, "worker not initialized"
+    return _run_job(_WORKER_DATA, job)
+
+
+def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tuple[int, Outcome]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # The corpus goes to the workers through a file: passed as an argument, its ~8 MB
+    # would travel with each spawned process and make the workers start one by one.
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump(data, f)
+    pool = ProcessPoolExecutor(
+        max_workers=workers or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(f.name,),
+    )
+    finished = False
+    try:
+        futures = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            exc = future.exception()  # only when a worker died (BrokenProcessPool)
+            yield futures[future], {"error": _describe(exc) + _DIED} if exc else future.result()
+        finished = True
+    finally:  # on an interrupt, drop the queued runs and do not wait for running ones
+        pool.shutdown(wait=finished, cancel_futures=True)
+        os.unlink(f.name)  # workers that are still starting have it open already, or fail
+
+
+def _ray_task(data: Corpus, job: Job) -> Outcome:
+    with _one_thread():
+        return _run_job(data, job)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(
+            'backend "ray" needs Ray, which is not installed: pip install "prenorm[ray]"'
+        ) from exc
+    return ray
+
+
+def _ray(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tuple[int, Outcome]]:
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init()  # a local instance, or the cluster that $RAY_ADDRESS names
+    gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    task = ray.remote(_ray_task)
+    data_ref = ray.put(data)
+
+    def submit(i: int) -> Any:
+        job = jobs[i]
+        on_gpu = gpus and torch.device(job["train"].get("device") or "cuda").type == "cuda"
+        return task.options(**({"num_gpus": 1} if on_gpu else {"num_cpus": 1})).remote(
+            data_ref, job
+        )
+
+    queue = list(range(len(jobs)))
+    limit = workers or len(jobs)
+    pending = {submit(i): i for i in queue[:limit]}
+    queue = queue[limit:]
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as exc:  # a worker died, or the task could not run
+                outcome = {"error": _describe(exc)}
+            if queue:
+                j = queue.pop(0)
+                pending[submit(j)] = j
+            yield i, outcome
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+#: Where :func:`sweep` runs its grid points: ``"serial"`` (one after another in this
+#: process), ``"processes"`` (``workers`` spawned processes on this machine) and
+#: ``"ray"`` (one Ray task per point on the current Ray instance).
+BACKENDS: Registry[Callable[[Corpus, list[Job], int | None], Iterator[tuple[int, Outcome]]]] = (
+    Registry("backend", {"serial": _serial, "processes": _processes, "ray": _ray})
+)
+
+
+# ---- the cache: one JSON line per finished run ------------------------------------------
+def _key(job: Job, corpus: str) -> str:
+    config = {**job, "corpus": corpus}
+    return hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=_jsonable).encode()
+    ).hexdigest()
+
+
+def _corpus_id(data: Corpus) -> str:
+    digest = hashlib.sha256(data.text.encode()).hexdigest()[:16]
+    return f"{data.name}:{digest}:{data.val_fraction}"
+
+
+def _read_cache(path: Path, version: str) -> dict[str, Outcome]:
+    """The outcomes in the cache at ``path`` written by this ``version``, by key. Lines
+    that do not parse (a write cut off by a kill) are skipped; entries of other versions
+    are ignored with a warning, so those runs are trained again."""
+    found: dict[str, Outcome] = {}
+    other: dict[str, int] = {}
+    unreadable = 0
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key, outcome, written_by = record["key"], record["outcome"], record["prenorm"]
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        if written_by == version:
+            found[key] = outcome
+        else:
+            other[str(written_by)] = other.get(str(written_by), 0) + 1
+    if other:
+        versions = ", ".join(f"{n} by prenorm {v}" for v, n in sorted(other.items()))
+        warnings.warn(
+            f"sweep cache {path}: ignoring runs written by another package version "
+            f"({versions}; this is prenorm {version}); they will be trained again",
+            stacklevel=3,
+        )
+    if unreadable:
+        warnings.warn(
+            f"sweep cache {path}: skipped {unreadable} unreadable line(s), e.g. a write cut "
+            "off by an interrupt; those runs will be trained again",
+            stacklevel=3,
+        )
+    return found
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as one JSON line and sync it to disk. A line cut off by a kill
+    is terminated first, so it costs only itself."""
+    line = json.dumps(record, default=_jsonable) + "\n"
+    with path.open("a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---- the sweep ------------------------------------------------------------------------
+def _default_workers(jobs: list[Job]) -> int:
+    """One process when the runs train on an accelerator (one GPU), else one per usable
+    core; never more than the number of runs."""
+    on_cpu = all(
+        torch.device(job["train"].get("device") or default_device()).type == "cpu" for job in jobs
+    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(len(jobs), cores or 1)) if on_cpu else 1
+
+
+def _check_kwargs(kind: str, kwargs: Mapping[str, object], valid: Sequence[str]) -> None:
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {kind} keys {unknown}; valid keys are {sorted(valid)}")
+
+
+def _required(fn: Callable[..., object], skip: tuple[str, ...]) -> tuple[str, ...]:
+    """The arguments of ``fn`` that have no default."""
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.default is p.empty and p.name not in skip)
+
+
+#: What every run must be given, by the fixed kwargs or by the grid.
+_REQUIRED = {
+    "model": _required(TransformerLM.__init__, ("self",)),
+    "train": _required(train, ("model", "data", "seed")),
+}
+
+
+def _check_complete(jobs: list[Job]) -> None:
+    """Every run is given the arguments that :class:`~prenorm.TransformerLM` and
+    :func:`~prenorm.train` require."""
+    for part, required in _REQUIRED.items():
+        for job in jobs:
+            missing = [k for k in required if k not in job[part]]
+            if missing:
+                raise ValueError(
+                    f"missing {part} arguments {missing}: give them in {part}_kwargs or the grid"
+                )
+
+
+def _jobs(
+    points: list[dict[str, object]],
+    model_kwargs: dict[str, object],
+    train_kwargs: dict[str, object],
+    history: bool,
+) -> list[Job]:
+    """The run of every grid point: the fixed kwargs overridden by the point's values.
+    Raises if a key is unknown, a required argument is missing or a name is not in its
+    registry, so that a sweep never stops half-way over its arguments."""
+    _check_kwargs("model_kwargs", model_kwargs, MODEL_KEYS)
+    _check_kwargs("train_kwargs", train_kwargs, TRAIN_KEYS)
+    jobs = [
+        {
+            "model": _model_kwargs(point, model_kwargs),
+            "train": {**train_kwargs, **{k: v for k, v in point.items() if k in TRAIN_KEYS}},
+            "seed": int(point.get("seed", 0)),  # type: ignore[call-overload]
+            "history": history,
+        }
+        for point in points
+    ]
+    _check_complete(jobs)
+    for job in jobs:
+        for key, value in {**job["model"], **job["train"]}.items():
+            if key in _NAMED:
+                _NAMED[key].check(value)  # type: ignore[arg-type]
+    return jobs
+
+
+def _rows(
+    points: list[dict[str, object]], jobs: list[Job], outcomes: list[Outcome], history: bool
+) -> pd.DataFrame:
+    """One row per run (``history=False``) or per step of every run, in grid order. A run
+    that raised keeps one row: its grid point, the configuration it was given (for the
+    columns the finished runs have), ``diverged=False`` and its ``error``; so does a run
+    with no step to show."""
+    config_keys = {k for out in outcomes if "summary" in out for k in out["summary"]}
+    metas = []
+    for point, job, out in zip(points, jobs, outcomes, strict=True):
+        if "error" in out:
+            given = {**job["model"], **job["train"], "seed": job["seed"]}
+            config = {k: v for k, v in given.items() if k in config_keys}
+            metas.append({**config, **point, "diverged": False, "error": out["error"]})
+        else:
+            metas.append({**out["summary"], **point, "error": None})
+    if not history:
+        columns = dict.fromkeys(k for m in metas if m["error"] is None for k in m)
+        columns.update(dict.fromkeys(k for m in metas for k in m))
+        return pd.DataFrame(metas, columns=list(columns))
+    frames = []
+    for meta, out in zip(metas, outcomes, strict=True):
+        meta.pop("steps_done", None)
+        steps = pd.DataFrame(out.get("history") or {})
+        frames.append(steps.assign(**meta) if len(steps) else pd.DataFrame([meta]))
+    return pd.concat(frames, ignore_index=True)
+
+
 def sweep(
     data: Corpus,
     grid: Mapping[str, Sequence[object]],
@@ -83,6 +438,9 @@ def sweep(
     train_kwargs: Mapping[str, object] | None = None,
     history: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    backend: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
 
@@ -93,22 +451,88 @@ def sweep(
     values go in ``model_kwargs`` / ``train_kwargs``. With ``history=False`` the
     result has one row per run (:meth:`~prenorm.TrainResult.summary`); with
     ``history=True`` one row per step of every run, with the run's configuration and
-    ``diverged``.
+    ``diverged``. Rows come in grid order, however the runs were spread out.
+
+    **Where the runs happen.** ``backend`` is a key of :data:`BACKENDS`. By default
+    (``None``) the runs go to ``workers`` spawned processes on this machine
+    (``"processes"``), or stay in this process when that number is 1 (``"serial"``).
+    ``workers=None`` means: 1 when the runs train on an accelerator (CUDA or MPS: one
+    GPU, one run at a time), otherwise the number of CPU cores this process may use;
+    never more than the number of runs left to train. ``backend="ray"`` makes each
+    point a Ray task on the current Ray instance (if none is connected, ``ray.init()``
+    starts a local one, or joins the cluster that ``$RAY_ADDRESS`` names, and leaves it
+    running for the next sweep; connect to a cluster yourself with
+    ``ray.init(address=...)`` first), requesting one GPU per task when the cluster has
+    GPUs, otherwise one CPU; there ``workers`` caps the runs in flight (default: no
+    cap). Every run is trained with one intra-op thread wherever it runs (the caller's
+    thread count is restored afterwards), so a grid point gives the same numbers, to
+    the last bit, on every backend. Starting worker processes costs a few seconds
+    (each imports torch): for a sweep that takes seconds, ``workers=1`` is faster.
+
+    **Failures.** A run that diverges is a row with ``diverged=True``. A run that raises
+    (or whose worker dies) is a row with the exception in ``error`` (``"Type:
+    message"``; ``None`` for runs that finished), ``diverged=False`` and no losses; the
+    other runs are unaffected; a warning counts such runs. Bad arguments (unknown or
+    missing keys, unknown names, ``workers < 1``, an unknown backend, Ray missing)
+    raise before the first run starts.
+
+    **Cache.** With ``cache=path`` every finished run is appended to that file as one
+    JSON line as soon as it finishes, keyed by its full configuration (model and
+    training arguments, seed, ``history``, the corpus) and the package version; runs
+    found there are not trained again, so an interrupted sweep resumes where it
+    stopped and a finished one reads back at once (``seconds`` is then the original
+    run's time). Runs that raised are not cached. Entries written by another package
+    version are ignored, with a warning, and trained again. The book never passes a
+    cache, so every page shows numbers computed by the code it was built with.
     """
     from tqdm.auto import tqdm
 
+    from . import __version__
+
+    # Everything that can be wrong with the arguments is checked here, before any run.
     points = grid_points(grid, MODEL_KEYS + TRAIN_KEYS)
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if backend is not None:
+        BACKENDS.check(backend)
+        if backend == "serial" and workers not in (None, 1):
+            raise ValueError(f"backend 'serial' runs one point at a time; got workers={workers}")
+        if backend == "ray":
+            _import_ray()
     model_kwargs = {"vocab_size": data.vocab_size, **(model_kwargs or {})}
-    frames, rows = [], []
-    for point in tqdm(points, disable=not progress, desc="sweep"):
-        tk = {**(train_kwargs or {}), **{k: v for k, v in point.items() if k in TRAIN_KEYS}}
-        model = point_model(point, model_kwargs)
-        result = train(model, data, seed=int(point.get("seed", 0)), **tk)
-        summary = {**result.summary(), **point}
-        if history:
-            frames.append(
-                result.history.assign(**{k: v for k, v in summary.items() if k != "steps_done"})
-            )
-        else:
-            rows.append(summary)
-    return pd.concat(frames, ignore_index=True) if history else pd.DataFrame(rows)
+    jobs = _jobs(points, model_kwargs, dict(train_kwargs or {}), history)
+
+    outcomes: dict[int, Outcome] = {}
+    path = Path(cache) if cache is not None else None
+    keys: list[str] = []
+    if path is not None:
+        corpus = _corpus_id(data)
+        keys = [_key(job, corpus) for job in jobs]
+        cached = _read_cache(path, __version__)
+        outcomes = {i: cached[k] for i, k in enumerate(keys) if k in cached}
+        path.parent.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(len(jobs)) if i not in outcomes]
+    n: int | None = workers or _default_workers([jobs[i] for i in todo])
+    name = backend or ("processes" if n > 1 else "serial")
+    if name == "ray" and workers is None:
+        n = None  # let Ray's resources decide
+
+    with tqdm(total=len(jobs), initial=len(outcomes), disable=not progress, desc="sweep") as bar:
+        if todo:
+            for j, outcome in BACKENDS[name](data, [jobs[i] for i in todo], n):
+                i = todo[j]
+                outcomes[i] = _plain(outcome)
+                if path is not None and "error" not in outcome:
+                    record = {"prenorm": __version__, "key": keys[i], "job": jobs[i]}
+                    _append(path, {**record, "outcome": outcomes[i]})
+                bar.update(1)
+    failed = [outcomes[i]["error"] for i in range(len(jobs)) if "error" in outcomes[i]]
+    if failed:
+        warnings.warn(
+            f"{len(failed)} of {len(jobs)} runs raised (see the 'error' column), the first "
+            f"with {failed[0]}",
+            stacklevel=2,
+        )
+    return _rows(points, jobs, [outcomes[i] for i in range(len(jobs))], history)
