@@ -315,7 +315,7 @@ def draw_placements(
                     (x - 0.8, y - 0.3), 1.6, 0.6, boxstyle="round,pad=0.05", fc=fc, ec=ec, lw=1.2
                 )
             )
-            ax.text(x, y, text, ha="center", va="center", fontsize=10)
+            ax.text(x, y, text, ha="center", va="center", fontsize=11)
 
         def arrow(
             p: tuple[float, float],
@@ -326,7 +326,7 @@ def draw_placements(
         ) -> None:
             ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=11, color=c, lw=lw))
 
-        ax.text(skip_x, -0.1, r"$x_l$", ha="center", va="center", fontsize=12)
+        ax.text(skip_x, -0.1, r"$x_l$", ha="center", va="center", fontsize=13)
         # branch: optional norm in, the sublayer F, optional norm out
         y = 2.0
         arrow((skip_x, 0.2), (skip_x, 1.0), color, 2.4)
@@ -358,9 +358,9 @@ def draw_placements(
         if spec.norm_after:
             arrow((skip_x, add_y + 0.3), (skip_x, y - 0.35), color, 2.4)
             box(skip_x, y, "LN", "#f4b6b6", ec=PLACEMENT_COLORS["post"])
-            ax.text(skip_x + 0.95, y, "on the skip path", fontsize=8.5, va="center", color="#a33")
+            ax.text(skip_x + 0.95, y, "on the skip path", fontsize=10, va="center", color="#a33")
             y += 1.2
         arrow((skip_x, y - (1.2 if spec.norm_after else 1.3) + 0.3), (skip_x, y - 0.1), color, 2.4)
-        ax.text(skip_x, y + 0.15, r"$x_{l+1}$", ha="center", va="center", fontsize=12)
+        ax.text(skip_x, y + 0.15, r"$x_{l+1}$", ha="center", va="center", fontsize=13)
     fig.tight_layout()
     return fig
