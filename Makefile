@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 book: $(STAMP)
-	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --warningiserror --keep-going
+	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
 test: $(STAMP)

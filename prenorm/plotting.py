@@ -276,7 +276,12 @@ def plot_grid(
 def glue(name: str, value: object) -> object:
     """Make ``value`` available to the chapter's prose as ``{glue:text}`name```
     (MyST-NB's glue, when it is installed; a no-op elsewhere, e.g. on Colab).
-    Returns ``value`` so that numbers can be glued where they are computed."""
+    Numpy scalars are glued as plain Python numbers. Returns the glued value, so
+    that numbers can be glued where they are computed."""
+    if isinstance(
+        value, np.generic
+    ):  # numpy scalars print as np.float64(...), which MyST cannot format
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:

@@ -101,16 +101,25 @@ def direction(
     end: float,
     rel_tol: float,
     words: tuple[str, str, str] = ("falls", "stays flat", "grows"),
+    ratio: bool = False,
 ) -> str:
     """The word for a change from ``start`` to ``end``: ``words[2]`` ("grows") when
     ``end > start (1 + rel_tol)``, ``words[0]`` ("falls") when
-    ``end < start (1 - rel_tol)``, else ``words[1]`` ("stays flat"). Use positive
-    quantities; ``rel_tol`` is stated before the experiment."""
+    ``end < start (1 - rel_tol)``, else ``words[1]`` ("stays flat"). With
+    ``ratio=True`` the tolerance is a factor both ways: "grows" when
+    ``end > start (1 + rel_tol)`` and "falls" when ``end < start / (1 + rel_tol)`` (for
+    positive quantities that span decades). ``rel_tol`` is stated before the experiment."""
     if not rel_tol >= 0:
         raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
     start, end = float(start), float(end)
     if math.isnan(start) or math.isnan(end):
         raise ValueError(f"cannot name the direction of a change with NaN ({start} -> {end})")
+    if ratio:
+        if not (start > 0 and end > 0):
+            raise ValueError(f"ratio=True needs positive values, got {start} -> {end}")
+        if end > start * (1 + rel_tol):
+            return words[2]
+        return words[0] if end < start / (1 + rel_tol) else words[1]
     scale = abs(start)
     if end > start + rel_tol * scale:
         return words[2]
@@ -124,7 +133,8 @@ def compare(
     reference: float,
     rel_tol: float,
     words: tuple[str, str, str] = ("smaller than", "about the same as", "larger than"),
+    ratio: bool = False,
 ) -> str:
     """The word for ``value`` against ``reference``: "larger than", "smaller than" or
-    "about the same as", with the same relative tolerance rule as :func:`direction`."""
-    return direction(reference, value, rel_tol, words)
+    "about the same as", with the same tolerance rule as :func:`direction`."""
+    return direction(reference, value, rel_tol, words, ratio)

@@ -116,3 +116,11 @@ def test_depth_axis_and_one_legend():
     assert legends[0].get_title().get_text() == "placement"
     assert [t.get_text() for t in legends[0].get_texts()] == ["Post-LN", "Pre-LN"]
     plt.close(fig)
+
+
+def test_glue_turns_numpy_scalars_into_python_numbers():
+    import numpy as np
+
+    v = P.glue("x", np.float64(1.25))
+    assert type(v) is float and f"{v:.1f}" == "1.2"
+    assert type(P.glue("n", np.int64(3))) is int

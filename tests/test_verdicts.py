@@ -44,3 +44,14 @@ def test_direction_words_follow_the_tolerance():
     assert compare(0.5, 1.0, rel_tol=0.2) == "smaller than"
     with pytest.raises(ValueError, match="NaN"):
         direction(math.nan, 1.0, rel_tol=0.1)
+
+
+def test_ratio_tolerance_is_symmetric_in_log_space():
+    # a factor-of-2 tolerance: 0.1 of the start must fall, which a relative tolerance of 1 cannot say
+    assert direction(1.0, 0.1, rel_tol=1.0) == "stays flat"
+    assert direction(1.0, 0.1, rel_tol=1.0, ratio=True) == "falls"
+    assert direction(1.0, 1.9, rel_tol=1.0, ratio=True) == "stays flat"
+    assert direction(1.0, 2.1, rel_tol=1.0, ratio=True) == "grows"
+    assert compare(0.4, 1.0, rel_tol=1.0, ratio=True) == "smaller than"
+    with pytest.raises(ValueError, match="positive"):
+        direction(0.0, 1.0, rel_tol=1.0, ratio=True)
