@@ -166,15 +166,17 @@ def one_legend(axes: Sequence[Axes] | np.ndarray, keep: int = 0, **kwargs: objec
 
 
 def _log_axis(ax: Axes) -> None:
-    """Log y axis; when the data span less than a decade, label plain numbers at a
-    few evenly spaced ticks (a log axis otherwise shows one lonely label)."""
+    """Log y axis. Where the data span less than two decades the ticks are labelled as
+    plain numbers: evenly spaced under one decade, at 1, 2 and 5 times each power of ten
+    up to two (matplotlib would otherwise print one lonely label, or labels like 6x10^0)."""
     from matplotlib import ticker
 
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
-    if hi / lo < 10:
-        ax.yaxis.set_major_locator(ticker.MaxNLocator(5))
-        ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    if hi / lo < 100:
+        locator = ticker.MaxNLocator(5) if hi / lo < 10 else ticker.LogLocator(subs=(1.0, 2.0, 5.0))
+        ax.yaxis.set_major_locator(locator)
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_locator(ticker.NullLocator())
 
 

@@ -91,7 +91,13 @@ def test_per_layer_points_and_short_log_axes():
     fig, ax = plt.subplots()
     P.plot_per_layer(df, "y", ax=ax, logy=True, spread="points")
     assert len(ax.collections[-1].get_offsets()) == 4  # every seed drawn
-    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    labels = [
+        t.get_text()
+        for t in ax.get_yticklabels()
+        if t.get_text() and lo <= t.get_position()[1] <= hi
+    ]
     assert len(labels) >= 3  # a sub-decade log axis still has readable ticks
     plt.close(fig)
 
@@ -124,3 +130,19 @@ def test_glue_turns_numpy_scalars_into_python_numbers():
     v = P.glue("x", np.float64(1.25))
     assert type(v) is float and f"{v:.1f}" == "1.2"
     assert type(P.glue("n", np.int64(3))) is int
+
+
+def test_log_axis_over_about_a_decade_prints_plain_numbers():
+    fig, ax = plt.subplots()
+    df = pd.DataFrame({"layer": [0, 1, 2, 3], "v": [0.6, 1.0, 3.0, 6.0], "placement": ["post"] * 4})
+    P.plot_per_layer(df, "v", ax=ax, logy=True)
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    labels = [
+        t.get_text()
+        for t in ax.get_yticklabels()
+        if t.get_text() and lo <= t.get_position()[1] <= hi
+    ]
+    assert labels and all("10^" not in t and "times" not in t for t in labels), labels
+    assert {"1", "2", "5"} <= set(labels)
+    plt.close(fig)
