@@ -63,6 +63,25 @@ def _position(layer: int, which: str) -> int:
     return 2 * layer + SUBLAYERS.index(which)
 
 
+def _sequence_and_layers(
+    model: TransformerLM, x: Tensor, layers: list[int] | None
+) -> tuple[Tensor, list[int]]:
+    """The residual input of one sequence (token ids are embedded) and the layers to
+    probe (default: every layer), both checked."""
+    if x.dtype == torch.long:
+        x0 = model.embed(x)
+    else:
+        _check_tensor(x, "x")
+        x0 = x
+    if x0.dim() != 3 or x0.shape[0] != 1:
+        raise ValueError(f"x must hold one sequence (batch size 1), got shape {tuple(x0.shape)}")
+    layers = list(range(model.n_layers)) if layers is None else layers
+    bad = [l for l in layers if not 0 <= l <= model.n_layers]
+    if bad:
+        raise ValueError(f"layers must lie in [0, {model.n_layers}], got {bad}")
+    return x0, layers
+
+
 def _token_norms(t: Tensor) -> Tensor:
     return t.detach().norm(dim=-1).flatten()
 
@@ -252,17 +271,7 @@ def end_to_end_spectral_norms(
     scales to wide and deep models.
     Columns: ``layer``, ``spectral_norm``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
-    if x.dtype == torch.long:
-        x0 = model.embed(x)
-    else:
-        _check_tensor(x, "x")
-        x0 = x
-    if x0.dim() != 3 or x0.shape[0] != 1:
-        raise ValueError(f"x must hold one sequence (batch size 1), got shape {tuple(x0.shape)}")
-    layers = list(range(model.n_layers)) if layers is None else layers
-    bad = [l for l in layers if not 0 <= l <= model.n_layers]
-    if bad:
-        raise ValueError(f"layers must lie in [0, {model.n_layers}], got {bad}")
+    x0, layers = _sequence_and_layers(model, x, layers)
     with torch.no_grad():
         states = model.residual_stream(x0.detach())
     rows = []
@@ -415,19 +424,9 @@ def end_to_end_gains(
     unchanged. Columns: ``layer``, ``gain``, ``gain_sem`` (standard error over samples,
     propagated to the gain), plus the model's describe columns.
     """
-    if x.dtype == torch.long:
-        x0 = model.embed(x)
-    else:
-        _check_tensor(x, "x")
-        x0 = x
-    if x0.dim() != 3 or x0.shape[0] != 1:
-        raise ValueError(f"x must hold one sequence (batch size 1), got shape {tuple(x0.shape)}")
+    x0, layers = _sequence_and_layers(model, x, layers)
     if samples < 2:
         raise ValueError(f"samples must be >= 2 for an error estimate, got {samples}")
-    layers = list(range(model.n_layers)) if layers is None else layers
-    bad = [l for l in layers if not 0 <= l <= model.n_layers]
-    if bad:
-        raise ValueError(f"layers must lie in [0, {model.n_layers}], got {bad}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     h = x0.detach().requires_grad_(True)
     states = model.residual_stream(h)
