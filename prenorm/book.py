@@ -19,10 +19,10 @@ from .data import Corpus, gaussian_batch, load_corpus
 from .devices import Scale, amp_dtype, device, scale, setup_cpu
 from .model import THEORY_SETTING
 from .plotting import glue, set_style
+from .probes import Batch
 
 __all__ = ["Chapter", "setup"]
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 _PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 

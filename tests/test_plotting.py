@@ -9,6 +9,17 @@ from matplotlib.colors import to_hex  # noqa: E402
 import prenorm as P  # noqa: E402
 
 
+def _visible_ytick_labels(fig, ax):
+    """The y tick labels a reader sees: drawn, non-empty and inside the axis range."""
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    return [
+        t.get_text()
+        for t in ax.get_yticklabels()
+        if t.get_text() and lo <= t.get_position()[1] <= hi
+    ]
+
+
 def _history():
     rows = []
     for placement, diverged in (("post", True), ("pre", False)):
@@ -91,13 +102,7 @@ def test_per_layer_points_and_short_log_axes():
     fig, ax = plt.subplots()
     P.plot_per_layer(df, "y", ax=ax, logy=True, spread="points")
     assert len(ax.collections[-1].get_offsets()) == 4  # every seed drawn
-    fig.canvas.draw()
-    lo, hi = ax.get_ylim()
-    labels = [
-        t.get_text()
-        for t in ax.get_yticklabels()
-        if t.get_text() and lo <= t.get_position()[1] <= hi
-    ]
+    labels = _visible_ytick_labels(fig, ax)
     assert len(labels) >= 3  # a sub-decade log axis still has readable ticks
     plt.close(fig)
 
@@ -136,13 +141,7 @@ def test_log_axis_over_about_a_decade_prints_plain_numbers():
     fig, ax = plt.subplots()
     df = pd.DataFrame({"layer": [0, 1, 2, 3], "v": [0.6, 1.0, 3.0, 6.0], "placement": ["post"] * 4})
     P.plot_per_layer(df, "v", ax=ax, logy=True)
-    fig.canvas.draw()
-    lo, hi = ax.get_ylim()
-    labels = [
-        t.get_text()
-        for t in ax.get_yticklabels()
-        if t.get_text() and lo <= t.get_position()[1] <= hi
-    ]
+    labels = _visible_ytick_labels(fig, ax)
     assert labels and all("10^" not in t and "times" not in t for t in labels), labels
     assert {"1", "2", "5"} <= set(labels)
     plt.close(fig)
