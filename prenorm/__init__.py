@@ -8,11 +8,11 @@ probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
 (:mod:`prenorm.data`); training (:mod:`prenorm.training`); grids of runs and probes
 (:mod:`prenorm.sweeps`); devices and scale presets (:mod:`prenorm.devices`); the
 book's plotting style (:mod:`prenorm.plotting`); verdicts computed from measurements
-(:mod:`prenorm.verdicts`); and the one-line chapter setup
-(:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
+(:mod:`prenorm.verdicts`); the claims ledger the chapters write and the landing page reads
+(:mod:`prenorm.ledger`); and the one-line chapter setup (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
 """
 
-from . import book
+from . import book, ledger
 from .blocks import (
     ACTIVATIONS,
     MLP,
@@ -129,6 +129,7 @@ __all__ = [
     "hidden_grad_norms",
     "label_placements",
     "layer_ablation",
+    "ledger",
     "layernorm_jacobian",
     "load_corpus",
     "lr_at",

@@ -1,0 +1,186 @@
+"""The claims ledger: one row per claim of the post, written by the chapter that tests it.
+
+Each chapter calls :func:`record` with the verdict it computed
+(:func:`prenorm.verdict`), the key number behind it (formatted from the executed
+cells) and the label of the section that measured it. :func:`record` writes one JSON
+file per claim into the results directory, stamped with the current build
+(:func:`build_id`). The landing page reads them back with :func:`read`, which refuses
+a ledger with a missing claim or a row from another build, so the table on the
+landing page can only show numbers that this build's chapters produced.
+
+The results directory is ``$PRENORM_RESULTS`` if set, else ``_results`` next to the
+executing notebook (the book's chapters run with ``book/`` as working directory, both
+in the Jupyter Book build and under nbval).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .registry import Registry
+from .verdicts import VERDICTS
+
+__all__ = ["CLAIMS", "Claim", "LedgerError", "build_id", "read", "record", "results_dir", "to_html"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the post: its id (``C1`` ...), the claim in one line, and the
+    chapter (notebook name without extension) that tests it."""
+
+    id: str
+    claim: str
+    chapter: str
+
+
+def _claims(*rows: tuple[str, str, str]) -> dict[str, Claim]:
+    return {cid: Claim(cid, text, chapter) for cid, text, chapter in rows}
+
+
+#: The post's claims, in the order the book tests them.
+CLAIMS: Registry[Claim] = Registry(
+    "claim",
+    _claims(
+        ("C1", "Placement decides whether a deep stack trains from random init", "05_warmup"),
+        (
+            "C2",
+            "Post-LN has no identity path: every gradient crosses a LayerNorm",
+            "03_post_ln_gradients",
+        ),
+        ("C3", "At init each sublayer is close to a zero map", "03_post_ln_gradients"),
+        ("C4", "The LayerNorm Jacobian is dominated by its 1/σ scaling", "02_layernorm_jacobian"),
+        (
+            "C5",
+            "Post-LN gradients to early layers shrink, compounding with depth",
+            "03_post_ln_gradients",
+        ),
+        ("C6", "Post-LN needs warmup: without it training stalls or diverges", "05_warmup"),
+        ("C7", "The Pre-LN step Jacobian is I + J_F", "04_pre_ln_highway"),
+        ("C8", "Pre-LN layers receive the gradient undiminished at any depth", "04_pre_ln_highway"),
+        ("C9", "With Pre-LN, warmup is optional", "05_warmup"),
+        ("C10", "The record: early models were Post-LN, later ones Pre-LN", "06_history"),
+        ("C11", "LayerNorm costs two passes, and its bias is barely used", "07_rmsnorm"),
+        ("C12", "RMSNorm is about 15% faster than LayerNorm", "07_rmsnorm"),
+        ("C13", "RMSNorm loses no measurable quality", "07_rmsnorm"),
+        ("C14", "Optimizer tuning matters more than the choice of norm", "08_coda"),
+    ),
+)
+
+
+class LedgerError(ValueError):
+    """The ledger is incomplete or holds a row that this build did not produce."""
+
+
+def results_dir() -> Path:
+    """Where ledger rows are written and read: ``$PRENORM_RESULTS``, else ``./_results``."""
+    env = os.environ.get("PRENORM_RESULTS")
+    return Path(env) if env else Path.cwd() / "_results"
+
+
+def build_id() -> str:
+    """The current build: ``$PRENORM_BUILD`` if set, else the id of the process that
+    started this kernel (one ``jupyter-book build`` or one ``pytest`` run starts every
+    chapter's kernel, so all chapters of one build share it)."""
+    return os.environ.get("PRENORM_BUILD") or f"ppid-{os.getppid()}"
+
+
+def record(
+    claim: str,
+    verdict: str,
+    key: str,
+    section: str,
+    scale: str,
+    directory: Path | str | None = None,
+) -> dict[str, str]:
+    """Write the ledger row of ``claim`` (a key of :data:`CLAIMS`): its ``verdict`` (one
+    of :data:`~prenorm.VERDICTS`), the ``key`` number as text, the MyST label of the
+    ``section`` that measured it and the ``scale`` preset it ran at. Returns the row."""
+    c = CLAIMS[claim]
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}; valid verdicts are {list(VERDICTS)}")
+    if not key.strip():
+        raise ValueError(f"claim {claim}: the key number must not be empty")
+    row = {
+        "id": c.id,
+        "claim": c.claim,
+        "verdict": verdict,
+        "key": key,
+        "chapter": c.chapter,
+        "section": section,
+        "scale": scale,
+        "build": build_id(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    folder = Path(directory) if directory is not None else results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{claim}.json.tmp"
+    tmp.write_text(json.dumps(row, ensure_ascii=False, indent=1))
+    tmp.replace(folder / f"{claim}.json")
+    return row
+
+
+def read(
+    directory: Path | str | None = None,
+    build: str | None = None,
+    claims: list[str] | None = None,
+) -> pd.DataFrame:
+    """The ledger as a DataFrame, one row per claim in :data:`CLAIMS` order.
+
+    Raises :class:`LedgerError` naming every claim whose row is missing, and every row
+    whose build is not ``build`` (default: :func:`build_id`). ``claims`` restricts the
+    check to some claims (default: all)."""
+    folder = Path(directory) if directory is not None else results_dir()
+    build = build if build is not None else build_id()
+    wanted = claims if claims is not None else list(CLAIMS)
+    rows, missing, stale = [], [], []
+    for cid in wanted:
+        CLAIMS.check(cid)
+        path = folder / f"{cid}.json"
+        if not path.exists():
+            missing.append(cid)
+            continue
+        row = json.loads(path.read_text())
+        if row.get("build") != build:
+            stale.append(f"{cid} (build {row.get('build')!r})")
+        rows.append(row)
+    problems = []
+    if missing:
+        problems.append(f"no row for {missing} in {folder}")
+    if stale:
+        problems.append(f"rows from another build than {build!r}: {stale}")
+    if problems:
+        raise LedgerError(
+            "the claims ledger is not from this build: "
+            + "; ".join(problems)
+            + ". Execute every chapter in one build (make book, or pytest --nbval-lax book/)."
+        )
+    return pd.DataFrame(rows)
+
+
+def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
+    """The ledger as an HTML table for the landing page: claim, verdict, key number and a
+    link to the section (``{chapter}{suffix}#{section}``) that measured it."""
+    cells = []
+    for r in ledger.itertuples():
+        link = f'<a href="{r.chapter}{suffix}#{r.section}">ch. {int(r.chapter[:2])}</a>'
+        cls = "verdict-" + r.verdict.split()[0]
+        cells.append(
+            f"<tr><td>{r.id}</td><td>{html.escape(r.claim)}</td>"
+            f'<td class="{cls}">{html.escape(r.verdict)}</td>'
+            f"<td>{html.escape(r.key)}</td><td>{link}</td></tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("", "the post's claim", "verdict", "key number", ""))
+    return (
+        '<table class="table ledger"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(cells)
+        + "</tbody></table>"
+    )

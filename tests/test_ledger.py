@@ -1,0 +1,66 @@
+"""The claims ledger refuses a missing claim or a row from another build."""
+
+import json
+
+import pytest
+
+import prenorm as P
+from prenorm.ledger import CLAIMS, LedgerError, read, record, to_html
+
+
+def _write_all(folder, build="b1", skip=()):
+    for cid in CLAIMS:
+        if cid not in skip:
+            record(cid, P.VERDICTS[0], "x = 1.0", "sec", "ci", directory=folder)
+
+
+def test_complete_ledger_from_this_build_reads_back_in_claim_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_BUILD", "b1")
+    _write_all(tmp_path)
+    table = read(tmp_path)
+    assert list(table.id) == list(CLAIMS)
+    assert set(table.build) == {"b1"}
+    assert (table.chapter == [CLAIMS[c].chapter for c in CLAIMS]).all()
+
+
+def test_missing_row_fails_and_names_the_claim(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_BUILD", "b1")
+    _write_all(tmp_path, skip=("C12",))
+    with pytest.raises(LedgerError, match="C12"):
+        read(tmp_path)
+
+
+def test_row_from_another_build_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_BUILD", "old")
+    _write_all(tmp_path)
+    monkeypatch.setenv("PRENORM_BUILD", "new")
+    record("C3", P.VERDICTS[1], "r = 0.1", "sec", "ci", directory=tmp_path)
+    with pytest.raises(LedgerError, match=r"C1 \(build 'old'\)"):
+        read(tmp_path)
+    assert len(read(tmp_path, claims=["C3"])) == 1  # the fresh row alone is fine
+
+
+def test_default_build_is_the_parent_process(monkeypatch):
+    import os
+
+    monkeypatch.delenv("PRENORM_BUILD", raising=False)
+    assert P.ledger.build_id() == f"ppid-{os.getppid()}"
+
+
+def test_bad_input_names_the_valid_choices(tmp_path):
+    with pytest.raises(ValueError, match="valid verdicts"):
+        record("C1", "sort of", "x", "sec", "ci", directory=tmp_path)
+    with pytest.raises(KeyError, match="C1"):
+        record("C99", P.VERDICTS[0], "x", "sec", "ci", directory=tmp_path)
+    with pytest.raises(ValueError, match="key number"):
+        record("C1", P.VERDICTS[0], "  ", "sec", "ci", directory=tmp_path)
+
+
+def test_html_table_links_each_row_to_its_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_BUILD", "b1")
+    record("C5", P.VERDICTS[2], "ratio 0.98 < 1 & more", "c5-sec", "cpu", directory=tmp_path)
+    row = json.loads((tmp_path / "C5.json").read_text())
+    assert row["scale"] == "cpu"
+    page = to_html(read(tmp_path, claims=["C5"]))
+    assert '<a href="03_post_ln_gradients.html#c5-sec">ch. 3</a>' in page
+    assert "0.98 &lt; 1 &amp; more" in page  # escaped
