@@ -94,10 +94,19 @@ def sgd(
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+def radam(
+    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.Optimizer:
+    r"""``torch.optim.RAdam`` (Liu et al. 2020, arXiv:1908.03265): Adam whose adaptive
+    step is switched off while the variance of :math:`v_t` is intractable, and rectified
+    after, so its first steps are momentum SGD steps instead of Adam's large early ones."""
+    return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
 #: The optimizers by name; each entry builds one from
 #: ``(params, lr, betas, weight_decay)``.
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry(
-    "optimizer", {"adam": adam, "adamw": adamw, "sgd": sgd}
+    "optimizer", {"adam": adam, "adamw": adamw, "radam": radam, "sgd": sgd}
 )
 
 
@@ -200,6 +209,7 @@ def train(
     eval_interval: int | None = None,
     eval_batches: int = 4,
     explode_factor: float = 3.0,
+    callback: Callable[[int, TransformerLM], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``steps`` steps and return a :class:`TrainResult`.
 
@@ -208,6 +218,9 @@ def train(
     mixed precision per device (:func:`prenorm.amp_dtype`); ``False`` forces fp32.
     ``eval_interval`` defaults to ``steps // 10``; validation uses a fixed set of
     ``eval_batches`` batches. ``clip`` is the max global gradient norm, or None.
+    ``callback(step, model)``, if given, runs once before the first step (``step=0``)
+    and after each completed optimizer step (``step`` = steps taken), for probes
+    during training; it must leave the parameters alone.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -234,6 +247,9 @@ def train(
     diverged_at: int | None = None
     limit = math.inf  # explode_factor x the first loss, once it is known
     t0 = time.perf_counter()
+    if callback is not None:
+        callback(0, model)
+        model.train()
     for step in range(steps):
         lr_t = lr_at(step, lr, steps, warmup_steps, schedule)
         for group in opt.param_groups:
@@ -252,6 +268,9 @@ def train(
         blown_up = _blown_up(loss, gnorm, limit)
         if not blown_up:
             _optimizer_step(opt, scaler)
+            if callback is not None:
+                callback(step + 1, model)
+                model.train()
             if (step + 1) % eval_interval == 0 or step == steps - 1:
                 val = evaluate(model, val_set, dtype)
                 blown_up = _blown_up(val, 0.0, limit)

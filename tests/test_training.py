@@ -92,7 +92,7 @@ def test_sweep_grid(corpus):
 
 def test_bad_training_input(corpus):
     m = _tiny(corpus)
-    with pytest.raises(ValueError, match="'lion'.*'adam', 'adamw', 'sgd'"):
+    with pytest.raises(ValueError, match="'lion'.*'adam', 'adamw', 'radam', 'sgd'"):
         train(m, corpus, steps=1, lr=1e-3, optimizer="lion", device="cpu")
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
         train(m, corpus, steps=1, lr=-1, device="cpu")
@@ -100,3 +100,34 @@ def test_bad_training_input(corpus):
         train(m, corpus, steps=1, lr=1e-3, schedule="exp", device="cpu")
     with pytest.raises(ValueError, match=r"unknown sweep keys \['depth'\]"):
         sweep(corpus, {"depth": [1]}, progress=False)
+
+
+def test_radam_first_step_is_a_momentum_step_not_adams(corpus):
+    """Adam's first step moves every parameter by about lr (m/sqrt(v) = sign(g)); RAdam's
+    rectifier is off at step 1, so it moves each by lr * g: far less where |g| << 1."""
+    lr, moved = 1e-2, {}
+    for name in ("adam", "radam"):
+        model = _tiny(corpus, seed=3)
+        w0 = model.blocks[0].mlp.fc1.weight.detach().clone()
+        train(model, corpus, steps=1, lr=lr, optimizer=name, batch_size=4, device="cpu")
+        moved[name] = (model.blocks[0].mlp.fc1.weight.detach() - w0).abs()
+    assert moved["adam"].max() == pytest.approx(lr, rel=1e-3)
+    assert moved["radam"].max() < 0.1 * lr
+
+
+def test_callback_sees_every_step_and_leaves_training_unchanged(corpus):
+    from prenorm import hidden_grad_norms
+
+    batch = corpus.batch("val", 4, 16, torch.Generator().manual_seed(0))
+    seen = []
+
+    def probe(step, model):
+        seen.append((step, float(hidden_grad_norms(model, batch).grad_norm.sum())))
+
+    a = train(_tiny(corpus, seed=2), corpus, steps=5, lr=3e-3, batch_size=4, device="cpu")
+    b = train(
+        _tiny(corpus, seed=2), corpus, steps=5, lr=3e-3, batch_size=4, device="cpu", callback=probe
+    )
+    assert [s for s, _ in seen] == list(range(6))
+    assert len({g for _, g in seen}) == 6  # the model the callback sees changes every step
+    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
