@@ -239,35 +239,62 @@ def plot_grid(
     fmt: str = ".2f",
     title: str | None = None,
     cbar_label: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cbar: bool = True,
 ) -> Axes:
-    """Heatmap of ``value`` (mean over seeds) over a ``row`` x ``col`` grid; a cell
-    where any seed diverged is hatched and annotated with the diverged fraction."""
+    """Heatmap of ``value`` (mean over seeds) over a ``row`` x ``col`` grid.
+
+    Without an ``outcome`` column, a cell where any seed diverged is hatched and
+    annotated with the diverged fraction. With one (:func:`~prenorm.outcome`), every
+    cell where some seed did not train says how many seeds stalled or diverged
+    (``"2/2 stalled"``); stalled cells are hatched grey, cells with a diverged seed red,
+    and a cell whose every seed diverged shows no loss at all.
+    """
     ax = ax or plt.gca()
-    agg = (
-        runs.groupby([row, col])
-        .agg(value=(value, "mean"), diverged=("diverged", "mean"))
-        .reset_index()
-    )
+    has_outcome = "outcome" in runs
+    groups = runs.groupby([row, col])
+    agg = groups.agg(value=(value, "mean"), diverged=("diverged", "mean")).reset_index()
     table = agg.pivot(index=row, columns=col, values="value")
     div = agg.pivot(index=row, columns=col, values="diverged")
+    notes = {}
+    if has_outcome:
+        for key, g in groups:
+            n = len(g)
+            words = [
+                f"{(g.outcome == w).sum()}/{n} {w}"
+                for w in ("stalled", "diverged")
+                if (g.outcome == w).any()
+            ]
+            notes[key] = ("\n".join(words), (g.outcome == "stalled").any())
     annot = table.copy().astype(object)
     for i in table.index:
         for j in table.columns:
             v, d = table.loc[i, j], div.loc[i, j]
             text = "" if (v is None or (isinstance(v, float) and math.isnan(v))) else format(v, fmt)
-            annot.loc[i, j] = f"{text}\n{d:.0%} div" if d > 0 else text
+            if has_outcome:
+                note = notes.get((i, j), ("", False))[0]
+                annot.loc[i, j] = f"{text}\n{note}".strip("\n") if note else text
+            else:
+                annot.loc[i, j] = f"{text}\n{d:.0%} div" if d > 0 else text
     sns.heatmap(
         table.astype(float),
         annot=annot.values,
         fmt="",
         cmap="mako_r",
         ax=ax,
-        cbar_kws={"label": cbar_label or value},
+        vmin=vmin,
+        vmax=vmax,
+        cbar=cbar,
+        cbar_kws={"label": cbar_label or value} if cbar else None,
         mask=np.isnan(table.astype(float).values),
+        annot_kws={"fontsize": 10},
     )
     for (i, j), d in np.ndenumerate(div.values):
-        if d > 0:
-            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="//", ec="#c44e52", lw=0))
+        stalled = has_outcome and notes.get((table.index[i], table.columns[j]), ("", False))[1]
+        if d > 0 or stalled:
+            ec = "#c44e52" if d > 0 else "0.55"
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="//", ec=ec, lw=0))
     ax.set_ylabel(row)
     ax.set_xlabel(col)
     if title:

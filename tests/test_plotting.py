@@ -83,6 +83,28 @@ def test_grid_annotates_diverged_cells():
     plt.close(fig)
 
 
+def test_grid_counts_stalled_and_diverged_seeds_per_cell():
+    runs = pd.DataFrame(
+        {
+            "lr": [1e-3] * 4 + [3e-3] * 4,
+            "warmup_steps": [0, 0, 50, 50] * 2,
+            "final_val_loss": [2.0, 2.2, 3.3, 2.1, float("nan"), 3.3, 3.2, 3.4],
+            "diverged": [False] * 4 + [True, False, False, False],
+            "outcome": ["trained", "trained", "stalled", "trained"]
+            + ["diverged", "stalled", "stalled", "stalled"],
+        }
+    )
+    fig, ax = plt.subplots()
+    P.plot_grid(runs, "final_val_loss", ax=ax)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(
+        ["2.10", "2.70\n1/2 stalled", "3.30\n1/2 stalled\n1/2 diverged", "3.30\n2/2 stalled"]
+    )
+    hatched = sorted(p.get_edgecolor()[0] for p in ax.patches if p.get_hatch())
+    assert len(hatched) == 3  # both stalled cells (grey) and the diverged one (red)
+    plt.close(fig)
+
+
 def test_diagram_draws_every_placement():
     fig = P.draw_placements(tuple(P.PLACEMENTS))
     titles = [ax.get_title() for ax in fig.axes]
