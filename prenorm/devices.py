@@ -33,6 +33,23 @@ def amp_dtype(dev: torch.device | str) -> torch.dtype | None:
     return None
 
 
+def reset_peak_memory(dev: torch.device | str) -> None:
+    """Start counting peak GPU memory afresh on ``dev`` (a no-op off CUDA)."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_memory_mb(dev: torch.device | str) -> float | None:
+    """The most memory tensors held on ``dev`` since :func:`reset_peak_memory`, in MiB
+    (``torch.cuda.max_memory_allocated``); ``None`` off CUDA, where torch keeps no such
+    count."""
+    dev = torch.device(dev)
+    if dev.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(dev) / 2**20
+
+
 def setup_cpu(threads: int | None = None) -> None:
     """Avoid the two CPU slowdowns that cost an order of magnitude: denormal
     floats in stalled or collapsed runs (flushed to zero here) and thread
@@ -75,6 +92,7 @@ class Scale:
     train_lrs: tuple[float, ...]
     train_warmups: tuple[int, ...]
     train_seeds: tuple[int, ...]
+    grid_steps: int
     demo_depth: int
     demo_steps: int
     demo_batch_size: int
@@ -108,9 +126,10 @@ PRESETS: Registry[Scale] = Registry(
             spectral_depths=(2, 4),
             train_depths=(2,),
             train_steps=30,
-            train_lrs=(1e-3,),
-            train_warmups=(0,),
+            train_lrs=(3e-3,),
+            train_warmups=(0, 10),
             train_seeds=(0,),
+            grid_steps=30,
             demo_depth=2,
             demo_steps=30,
             demo_batch_size=4,
@@ -130,9 +149,10 @@ PRESETS: Registry[Scale] = Registry(
             spectral_depths=(3, 6, 12, 24, 48),
             train_depths=(6, 12),
             train_steps=400,
-            train_lrs=(3e-4, 1e-3, 3e-3),
-            train_warmups=(0, 100),
+            train_lrs=(1e-3, 3e-3),
+            train_warmups=(0, 50),
             train_seeds=(0, 1),
+            grid_steps=200,
             demo_depth=12,
             demo_steps=300,
             demo_batch_size=16,
@@ -152,9 +172,10 @@ PRESETS: Registry[Scale] = Registry(
             spectral_depths=(3, 6, 12, 24, 48, 96),
             train_depths=(6, 12, 24),
             train_steps=3000,
-            train_lrs=(3e-4, 1e-3, 3e-3),
-            train_warmups=(0, 500),
+            train_lrs=(1e-3, 3e-3, 1e-2),
+            train_warmups=(0, 300),
             train_seeds=(0, 1, 2),
+            grid_steps=1500,
             demo_depth=12,
             demo_steps=1500,
             demo_batch_size=64,

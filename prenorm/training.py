@@ -5,6 +5,12 @@ The learning rate at step :math:`t` (counting from 0) is
 :math:`w_t = \min(1, (t+1)/T_w)` and the decay :math:`s_t` of the named schedule.
 A run whose loss or gradient norm stops being finite, or whose loss exceeds
 ``explode_factor`` times its first loss, stops and is recorded as diverged.
+
+The GPU helpers cost nothing on a CPU: mixed precision is chosen per device
+(:func:`~prenorm.amp_dtype`: bf16 or fp16 autocast on CUDA, fp32 elsewhere),
+``torch.compile`` is opt-in, each step is timed with CUDA events on CUDA (read once at
+the end, so timing adds no synchronization) and with ``time.perf_counter`` elsewhere,
+and the peak GPU memory of a run is reported where there is one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 from torch import nn
 
 from .data import Corpus
-from .devices import amp_dtype
+from .devices import amp_dtype, peak_memory_mb, reset_peak_memory
 from .devices import device as default_device
 from .model import TransformerLM
 from .registry import Registry
@@ -115,9 +121,13 @@ class TrainResult:
     """Outcome of :func:`train`.
 
     ``history`` has one row per completed step: ``step``, ``lr``, ``train_loss``,
-    ``grad_norm`` (before clipping) and ``val_loss`` (filled at evaluation steps,
-    missing elsewhere). ``diverged_at`` is the step at which a diverging run was
-    stopped; the non-finite values themselves are never stored.
+    ``grad_norm`` (before clipping), ``val_loss`` (filled at evaluation steps,
+    missing elsewhere) and ``tokens_per_s`` (training tokens of the step over its wall
+    time, evaluation excluded; a wall-clock figure, so it differs between two runs
+    that agree in every other column). ``diverged_at`` is the step at which a
+    diverging run was stopped; the non-finite values themselves are never stored.
+    ``seconds`` is the whole run's wall time; ``peak_memory_mb`` the most GPU memory
+    its tensors held (``torch.cuda.max_memory_allocated``), ``None`` off CUDA.
     """
 
     history: pd.DataFrame
@@ -125,6 +135,7 @@ class TrainResult:
     diverged_at: int | None
     seconds: float
     config: dict[str, object] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
 
     @property
     def final_train_loss(self) -> float:
@@ -148,24 +159,51 @@ class TrainResult:
             "final_train_loss": self.final_train_loss,
             "final_val_loss": self.final_val_loss,
             "seconds": self.seconds,
+            "peak_memory_mb": self.peak_memory_mb,
         }
 
+
+#: The columns of :attr:`TrainResult.history`, in order.
+HISTORY_COLUMNS = ("step", "lr", "train_loss", "grad_norm", "val_loss", "tokens_per_s")
 
 #: What became of a training run, in the words the book uses.
 OUTCOMES = ("trained", "stalled", "diverged")
 
 
-def outcome(result: TrainResult, entropy: float, margin: float) -> str:
+def outcome(result: TrainResult | pd.DataFrame, entropy: float, margin: float) -> str | pd.Series:
     """Classify a run against the unigram entropy :math:`H` of its corpus
     (:meth:`~prenorm.Corpus.unigram_entropy`), with a ``margin`` stated before the
     experiment: ``"diverged"`` if it diverged; ``"stalled"`` if its final validation
     loss is not at least ``margin`` below :math:`H` (it learned no more than character
-    frequencies); ``"trained"`` otherwise."""
+    frequencies); ``"trained"`` otherwise.
+
+    ``result`` is one :class:`TrainResult` (returns the word), or a frame of run
+    summaries with ``diverged`` and ``final_val_loss`` columns, as :func:`~prenorm.sweep`
+    returns (returns one word per row, as a Series).
+    """
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    if result.diverged:
+    if isinstance(result, pd.DataFrame):
+        missing = sorted({"diverged", "final_val_loss"} - set(result.columns))
+        if missing:
+            raise ValueError(
+                f"run summaries need the columns {missing}; got {list(result.columns)}"
+            )
+        return pd.Series(
+            [
+                _classify(bool(d), float(v), entropy, margin)
+                for d, v in zip(result["diverged"], result["final_val_loss"], strict=True)
+            ],
+            index=result.index,
+            name="outcome",
+        )
+    return _classify(result.diverged, result.final_val_loss, entropy, margin)
+
+
+def _classify(diverged: bool, final_val_loss: float, entropy: float, margin: float) -> str:
+    if diverged:
         return OUTCOMES[2]
-    return OUTCOMES[0] if result.final_val_loss < entropy - margin else OUTCOMES[1]
+    return OUTCOMES[0] if final_val_loss < entropy - margin else OUTCOMES[1]
 
 
 @torch.no_grad()
@@ -191,6 +229,52 @@ def _autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.Abstra
     return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+class StepTimer:
+    """Wall time of each training step. On CUDA, a pair of CUDA events per step, read
+    once by :meth:`seconds` after the last step, so timing adds no synchronization to the
+    loop; elsewhere ``time.perf_counter``."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.cuda = torch.device(dev).type == "cuda"
+        self.marks: list[tuple[object, object]] = []
+        self._start: object = None
+
+    def _now(self) -> object:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        """Mark the start of a step."""
+        self._start = self._now()
+
+    def stop(self) -> None:
+        """Mark the end of the step started last."""
+        self.marks.append((self._start, self._now()))
+
+    def seconds(self) -> list[float]:
+        """The duration of every step marked, in seconds, in order."""
+        if not self.marks:
+            return []
+        if self.cuda:
+            self.marks[-1][1].synchronize()  # type: ignore[attr-defined]
+            return [a.elapsed_time(b) / 1000 for a, b in self.marks]  # type: ignore[attr-defined]
+        return [b - a for a, b in self.marks]  # type: ignore[operator]
+
+
+def compiled(model: nn.Module, compile: bool | str) -> nn.Module:
+    """``model`` itself (``compile=False``), or ``torch.compile(model)`` with the default
+    backend (``True``) or the backend named (e.g. ``"inductor"``, ``"aot_eager"``). The
+    compiled module shares the model's parameters."""
+    if compile is False:
+        return model
+    if compile is True:
+        return torch.compile(model)
+    return torch.compile(model, backend=compile)
+
+
 def train(
     model: TransformerLM,
     data: Corpus,
@@ -210,6 +294,7 @@ def train(
     eval_batches: int = 4,
     explode_factor: float = 3.0,
     callback: Callable[[int, TransformerLM], None] | None = None,
+    compile: bool | str = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``steps`` steps and return a :class:`TrainResult`.
 
@@ -220,7 +305,10 @@ def train(
     ``eval_batches`` batches. ``clip`` is the max global gradient norm, or None.
     ``callback(step, model)``, if given, runs once before the first step (``step=0``)
     and after each completed optimizer step (``step`` = steps taken), for probes
-    during training; it must leave the parameters alone.
+    during training; it must leave the parameters alone. ``compile`` trains through
+    ``torch.compile`` (see :func:`compiled`; evaluation and the callback use the model
+    itself); it pays on a GPU for long runs, and costs a compilation (tens of seconds)
+    first.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -233,6 +321,7 @@ def train(
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
     model.to(dev).train()
+    step_model = compiled(model, compile)
     dtype = amp_dtype(dev) if amp in (None, True) else None
     scaler = torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,16 +335,19 @@ def train(
     rows: list[dict[str, float]] = []
     diverged_at: int | None = None
     limit = math.inf  # explode_factor x the first loss, once it is known
+    timer = StepTimer(dev)
+    reset_peak_memory(dev)
     t0 = time.perf_counter()
     if callback is not None:
         callback(0, model)
         model.train()
     for step in range(steps):
+        timer.start()
         lr_t = lr_at(step, lr, steps, warmup_steps, schedule)
         for group in opt.param_groups:
             group["lr"] = lr_t
         x, y = data.batch("train", batch_size, model.seq_len, gen, device=dev)
-        loss, gnorm = _backward(model, opt, scaler, params, x, y, dtype, max_norm)
+        loss, gnorm = _backward(step_model, opt, scaler, params, x, y, dtype, max_norm)
         if step == 0:
             limit = explode_factor * loss
         row = {
@@ -268,6 +360,8 @@ def train(
         blown_up = _blown_up(loss, gnorm, limit)
         if not blown_up:
             _optimizer_step(opt, scaler)
+        timer.stop()
+        if not blown_up:
             if callback is not None:
                 callback(step + 1, model)
                 model.train()
@@ -280,8 +374,12 @@ def train(
         if blown_up:
             diverged_at = step
             break
+    step_seconds = timer.seconds()
     seconds = time.perf_counter() - t0
-    history = pd.DataFrame(rows, columns=["step", "lr", "train_loss", "grad_norm", "val_loss"])
+    tokens = batch_size * model.seq_len
+    for row in rows:
+        row["tokens_per_s"] = tokens / max(step_seconds[int(row["step"])], 1e-9)
+    history = pd.DataFrame(rows, columns=[*HISTORY_COLUMNS])
     config = {
         **model.describe(),
         "lr": lr,
@@ -292,11 +390,15 @@ def train(
         "seed": seed,
         "steps": steps,
     }
-    return TrainResult(history, diverged_at is not None, diverged_at, seconds, config)
+    if compile is not False:
+        config["compile"] = compile
+    return TrainResult(
+        history, diverged_at is not None, diverged_at, seconds, config, peak_memory_mb(dev)
+    )
 
 
 def _backward(
-    model: TransformerLM,
+    model: nn.Module,
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     params: list[nn.Parameter],

@@ -16,7 +16,7 @@ def test_training_lowers_the_loss(corpus):
     h = r.history
     assert not r.diverged and len(h) == 60
     assert h["train_loss"].tail(10).mean() < h["train_loss"].head(5).mean() - 0.8
-    assert list(h.columns) == ["step", "lr", "train_loss", "grad_norm", "val_loss"]
+    assert list(h.columns) == ["step", "lr", "train_loss", "grad_norm", "val_loss", "tokens_per_s"]
     assert h["val_loss"].notna().sum() == 10  # every steps // 10
     assert math.isfinite(r.final_val_loss)
 
@@ -131,3 +131,20 @@ def test_callback_sees_every_step_and_leaves_training_unchanged(corpus):
     assert [s for s, _ in seen] == list(range(6))
     assert len({g for _, g in seen}) == 6  # the model the callback sees changes every step
     assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+
+
+def test_outcome_classifies_one_run_or_a_frame_of_summaries(corpus):
+    import pandas as pd
+
+    from prenorm import OUTCOMES, outcome
+
+    runs = pd.DataFrame(
+        {"diverged": [True, False, False, False], "final_val_loss": [float("nan"), 3.0, 2.9, 2.0]}
+    )
+    words = outcome(runs, entropy=3.05, margin=0.1)
+    assert list(words) == [OUTCOMES[2], OUTCOMES[1], OUTCOMES[0], OUTCOMES[0]]
+    r = train(_tiny(corpus), corpus, steps=2, lr=1e-3, batch_size=4, device="cpu")
+    assert outcome(r, entropy=100.0, margin=0.1) == OUTCOMES[0]
+    assert outcome(r, entropy=0.0, margin=0.1) == OUTCOMES[1]
+    with pytest.raises(ValueError, match=r"\['final_val_loss'\]"):
+        outcome(runs[["diverged"]], entropy=3.0, margin=0.1)
