@@ -64,3 +64,24 @@ def test_html_table_links_each_row_to_its_section(tmp_path, monkeypatch):
     page = to_html(read(tmp_path, claims=["C5"]))
     assert '<a href="03_post_ln_gradients.html#c5-sec">ch. 3</a>' in page
     assert "0.98 &lt; 1 &amp; more" in page  # escaped
+
+
+def test_every_claim_is_recorded_once_by_its_chapter_at_a_labelled_section():
+    """Static check of the book's sources: each claim of CLAIMS has exactly one
+    P.ledger.record call, in the chapter CLAIMS names, whose section label exists there."""
+    import re
+    from pathlib import Path
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    calls = {}
+    for nb in sorted(book.glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        md = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        for cid, section in re.findall(
+            r'P\.ledger\.record\(\s*"(C\d+)",.*?section="([\w-]+)"', code, flags=re.S
+        ):
+            calls.setdefault(cid, []).append(nb.stem)
+            assert f"({section})=" in md, f"{nb.name}: {cid} links to a missing label {section!r}"
+    for cid, claim in CLAIMS.items():
+        assert calls.get(cid) == [claim.chapter], f"{cid} is recorded by {calls.get(cid)}"
