@@ -8,11 +8,20 @@ probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
 (:mod:`prenorm.data`); training (:mod:`prenorm.training`); grids of runs and probes
 (:mod:`prenorm.sweeps`); devices and scale presets (:mod:`prenorm.devices`); the
 book's plotting style (:mod:`prenorm.plotting`); verdicts computed from measurements
-(:mod:`prenorm.verdicts`); the claims ledger the chapters write and the landing page reads
-(:mod:`prenorm.ledger`); and the one-line chapter setup (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
+(:mod:`prenorm.verdicts`); timing and pass counts of the norms against the
+memory-bandwidth bound (:mod:`prenorm.benchmark`); the claims ledger the chapters write
+and the landing page reads (:mod:`prenorm.ledger`); and the one-line chapter setup (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
 """
 
 from . import book, ledger
+from .benchmark import (
+    IMPLEMENTATIONS,
+    Implementation,
+    compile_problem,
+    count_passes,
+    norm_module,
+    time_norms,
+)
 from .blocks import (
     ACTIVATIONS,
     MLP,
@@ -27,7 +36,15 @@ from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
 from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jacobian_parts
 from .model import INITS, THEORY_SETTING, TransformerLM, build_model
-from .norms import NORMS, LayerNorm, RMSNorm, layernorm_jacobian, make_norm, rmsnorm_jacobian
+from .norms import (
+    NORMS,
+    LayerNorm,
+    RMSNorm,
+    layernorm_jacobian,
+    layernorm_welford,
+    make_norm,
+    rmsnorm_jacobian,
+)
 from .plotting import (
     INIT_COLORS,
     NORM_COLORS,
@@ -79,6 +96,7 @@ __all__ = [
     "BACKENDS",
     "COMPARISONS",
     "CORPORA",
+    "IMPLEMENTATIONS",
     "INITS",
     "INIT_COLORS",
     "MLP",
@@ -99,6 +117,7 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "Corpus",
+    "Implementation",
     "LayerNorm",
     "Placement",
     "RMSNorm",
@@ -115,6 +134,8 @@ __all__ = [
     "branch_ratios",
     "build_model",
     "compare",
+    "compile_problem",
+    "count_passes",
     "depth_axis",
     "device",
     "direction",
@@ -131,10 +152,12 @@ __all__ = [
     "layer_ablation",
     "ledger",
     "layernorm_jacobian",
+    "layernorm_welford",
     "load_corpus",
     "lr_at",
     "make_norm",
     "norm_input_scales",
+    "norm_module",
     "one_legend",
     "outcome",
     "palette",
@@ -152,6 +175,7 @@ __all__ = [
     "spectral_norm",
     "step_gradients",
     "step_jacobian_parts",
+    "time_norms",
     "sweep",
     "train",
     "update_sensitivity",

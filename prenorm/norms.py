@@ -162,6 +162,65 @@ def rmsnorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6)
     return _scale_rows(jac, weight, d)
 
 
+def layernorm_welford(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    block: int = 16,
+) -> Tensor:
+    r"""LayerNorm over the last dimension with its statistics from **one pass** over ``x``.
+
+    The textbook form reads :math:`x` twice before it can normalize: once for
+    :math:`\mu`, once for :math:`\tfrac1d\sum_i (x_i-\mu)^2`. Here the features are
+    visited once, in blocks of ``block``; each block :math:`B` (small enough to sit in
+    cache) contributes its count :math:`n_B`, mean :math:`m_B` and sum of squared
+    deviations :math:`M_B = \sum_{i\in B}(x_i - m_B)^2`, merged into the running
+    :math:`(n, m, M)` by Chan et al.'s update (Welford's when ``block=1``):
+
+    .. math::
+        \delta = m_B - m,\quad n' = n + n_B,\quad
+        m' = m + \delta\,\frac{n_B}{n'},\quad
+        M' = M + M_B + \delta^2\,\frac{n\,n_B}{n'} .
+
+    Then :math:`\mu = m`, :math:`\sigma^2 = M/d + \epsilon`, and the second pass writes
+    :math:`\gamma\odot(x-\mu)/\sigma + \beta`, equal to :class:`LayerNorm` up to float
+    rounding. Unlike the one-pass shortcut :math:`\mathrm{mean}(x^2) - \mu^2`, the
+    update never subtracts two large nearly equal numbers, so it stays accurate for
+    tokens whose mean is large against their spread. Written in plain tensor operations,
+    as a reference for what fused kernels do, not for speed.
+    """
+    _check_tensor(x, "x")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer number of features, got {block!r}")
+    d = x.shape[-1]
+    n = 0
+    mean = torch.zeros_like(x[..., :1])
+    m2 = torch.zeros_like(x[..., :1])
+    for start in range(0, d, block):
+        xb = x[..., start : start + block]
+        nb = xb.shape[-1]
+        mb = xb.mean(dim=-1, keepdim=True)
+        m2b = ((xb - mb) ** 2).sum(dim=-1, keepdim=True)
+        delta = mb - mean
+        total = n + nb
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta * delta * (n * nb / total)
+        n = total
+    y = (x - mean) * torch.rsqrt(m2 / d + eps)
+    if weight is not None:
+        y = y * _vector(weight, d, "weight")
+    if bias is not None:
+        y = y + _vector(bias, d, "bias")
+    return y
+
+
+def _vector(v: Tensor, d: int, name: str) -> Tensor:
+    if v.shape != (d,):
+        raise ValueError(f"{name} must have shape ({d},), got {tuple(v.shape)}")
+    return v
+
+
 def _ln_sigma(x: Tensor, eps: float) -> Tensor:
     """sqrt(population variance + eps) over the last dimension, kept as a size-1 dim."""
     return torch.sqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)

@@ -2,7 +2,14 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from prenorm import LayerNorm, RMSNorm, layernorm_jacobian, make_norm, rmsnorm_jacobian
+from prenorm import (
+    LayerNorm,
+    RMSNorm,
+    layernorm_jacobian,
+    layernorm_welford,
+    make_norm,
+    rmsnorm_jacobian,
+)
 
 
 def _copy_and_compare(ours, ref, x):
@@ -122,3 +129,42 @@ def test_norm_modules_expose_scale_and_jacobian():
     )
     assert torch.equal(ln.jacobian(x), layernorm_jacobian(x, ln.weight.detach(), ln.eps))
     assert torch.equal(rn.jacobian(x), rmsnorm_jacobian(x, rn.weight.detach(), rn.eps))
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 48, 100])
+def test_layernorm_welford_matches_torch(block):
+    d = 48
+    x = (torch.randn(3, 5, d) * 2.5 + 0.7).requires_grad_(True)
+    w, b = torch.randn(d), torch.randn(d)
+    ref = torch.nn.LayerNorm(d, eps=1e-5)
+    with torch.no_grad():
+        ref.weight.copy_(w)
+        ref.bias.copy_(b)
+    y = layernorm_welford(x, w, b, eps=1e-5, block=block)
+    assert (y - ref(x)).abs().max() <= 1e-5
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gref,) = torch.autograd.grad(ref(x), x, g)
+    assert (gx - gref).abs().max() <= 1e-4
+    assert torch.allclose(
+        layernorm_welford(x, block=block), torch.nn.functional.layer_norm(x, (d,)), atol=1e-5
+    )
+
+
+def test_layernorm_welford_is_accurate_where_the_one_pass_shortcut_is_not():
+    """Tokens with mean 1e4 and spread 1 in float32: mean(x^2) - mean^2 cancels away."""
+    x64 = 1e4 + torch.randn(8, 256, dtype=torch.float64)
+    x = x64.float()
+    ref = torch.nn.functional.layer_norm(x.double(), (256,))
+    assert (layernorm_welford(x).double() - ref).abs().max() < 1e-2
+    shortcut_var = (x * x).mean(-1) - x.mean(-1) ** 2
+    assert (shortcut_var - x.double().var(-1, unbiased=False)).abs().max() > 0.5
+
+
+def test_layernorm_welford_bad_input():
+    with pytest.raises(ValueError, match="block must be a positive integer.*got 0"):
+        layernorm_welford(torch.randn(2, 8), block=0)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\), got \(7,\)"):
+        layernorm_welford(torch.randn(2, 8), weight=torch.ones(7))
+    with pytest.raises(TypeError, match="floating-point"):
+        layernorm_welford(torch.arange(8))
