@@ -352,9 +352,16 @@ class _Traffic(TorchDispatchMode):
         return out
 
 
-def count_passes(name: str, d: int = 64, tokens: int = 32, seed: int = 0) -> pd.DataFrame:
+def count_passes(
+    name: str,
+    d: int = 64,
+    tokens: int = 32,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> pd.DataFrame:
     """The aten operators that one forward and backward pass of the eager implementation
-    ``name`` runs on a ``(tokens, d)`` float32 input on the CPU, one row per operator:
+    ``name`` runs on a ``(tokens, d)`` float32 input on ``device`` (default: the CPU;
+    the operators a built-in dispatches to can differ between devices), one row per operator:
     ``implementation``, ``phase`` (``"forward"`` or ``"backward"``), ``op``, and
     ``reads`` / ``writes``, the number of distinct full-size tensors (``tokens x d``
     elements) it reads and writes. Each is one pass over memory for an unfused operator;
@@ -370,10 +377,11 @@ def count_passes(name: str, d: int = 64, tokens: int = 32, seed: int = 0) -> pd.
         )
     _check_positive("d", d)
     _check_positive("tokens", tokens)
-    module = norm_module(name, d, seed=seed)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    module = norm_module(name, d, dev, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(tokens, d, generator=gen).requires_grad_(True)
-    dy = torch.randn(tokens, d, generator=gen)
+    x = torch.randn(tokens, d, generator=gen).to(dev).requires_grad_(True)
+    dy = torch.randn(tokens, d, generator=gen).to(dev)
     inputs = (x, *module.parameters())
     mode = _Traffic(x.numel() * x.element_size())
     with mode:
