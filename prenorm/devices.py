@@ -25,11 +25,14 @@ def device() -> torch.device:
 
 
 def amp_dtype(dev: torch.device | str) -> torch.dtype | None:
-    """Autocast dtype for ``dev``: bf16 on GPUs that support it, fp16 on older CUDA
-    GPUs (use with a gradient scaler), ``None`` (plain fp32) on CPU and MPS."""
+    """Autocast dtype for ``dev``: bf16 on GPUs that compute it natively (compute
+    capability 8.0 and up: A100, L4, H100), fp16 on older CUDA GPUs such as Colab's T4
+    (use with a gradient scaler; ``torch.cuda.is_bf16_supported()`` is true there too, but
+    by slow emulation), ``None`` (plain fp32) on CPU and MPS."""
     dev = torch.device(dev)
     if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        major, _ = torch.cuda.get_device_capability(dev)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return None
 
 

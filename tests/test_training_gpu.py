@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prenorm import TransformerLM, train, training
-from prenorm.devices import peak_memory_mb, reset_peak_memory
+from prenorm.devices import amp_dtype, peak_memory_mb, reset_peak_memory
 from prenorm.training import HISTORY_COLUMNS, StepTimer, compiled
 
 
@@ -109,3 +109,20 @@ def test_peak_memory_is_read_from_cuda_and_none_elsewhere(monkeypatch):
     assert peak_memory_mb("cuda:0") == 3.0
     reset_peak_memory("cpu")
     assert calls == [torch.device("cuda:0")] and peak_memory_mb("cpu") is None
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((8, 0), torch.bfloat16),
+        ((9, 0), torch.bfloat16),
+    ],
+    ids=["T4", "V100", "A100", "H100"],
+)
+def test_autocast_dtype_is_bf16_only_where_native(monkeypatch, capability, dtype):
+    # A T4 reports bf16 as supported (emulated, slowly): it must get fp16 and a scaler.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: capability)
+    assert amp_dtype("cuda") is dtype
+    assert amp_dtype("cpu") is None
