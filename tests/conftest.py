@@ -1,5 +1,13 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +21,29 @@ def corpus():
     from prenorm import load_corpus
 
     return load_corpus()
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per session at the `ci` scale, warning-free: (html dir, log).
+    tests/test_book.py checks its pages and tests/test_browser.py opens them."""
+    exe = shutil.which(
+        "jupyter-book",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    assert exe, "jupyter-book is not installed (pip install -e '.[book]')"
+    if not (ROOT / "_vendor" / "VERSIONS").exists():
+        # MathJax and the widget manager, served locally (see _config.yml); needs npm.
+        subprocess.run([sys.executable, str(ROOT / "tools" / "vendor_assets.py")], check=True)
+    out = tmp_path_factory.mktemp("book")
+    env = {**os.environ, "PRENORM_SCALE": "ci"}
+    proc = subprocess.run(
+        [exe, "build", str(ROOT), "--path-output", str(out), "--warningiserror", "--keep-going"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return out / "_build" / "html", log

@@ -1,15 +1,12 @@
 """The book builds warning-free at the `ci` scale, and its notebooks are stored clean.
 
 The chapters themselves are executed (and their asserts checked) by
-`pytest --nbval-lax`, which collects book/*.ipynb; this file builds the site.
+`pytest --nbval-lax`, which collects book/*.ipynb; the site is built once per test
+session by the `built_book` fixture in conftest.py (tests/test_browser.py opens it too).
 """
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,27 +48,6 @@ def test_chapters_open_with_tests_box_and_close_with_measurements(nb):
     text = ["".join(c["source"]) for c in md]
     assert "What this chapter tests" in text[0]
     assert "What we measured" in text[-1]
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    exe = shutil.which(
-        "jupyter-book",
-        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    )
-    assert exe, "jupyter-book is not installed (pip install -e '.[book]')"
-    out = tmp_path_factory.mktemp("book")
-    env = {**os.environ, "PRENORM_SCALE": "ci"}
-    proc = subprocess.run(
-        [exe, "build", str(ROOT), "--path-output", str(out), "--warningiserror", "--keep-going"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    return out / "_build" / "html", log
 
 
 def test_book_builds_warning_free(built_book):
