@@ -12,8 +12,11 @@ TORCH_INDEX ?=
 PRENORM_SCALE ?=
 
 STAMP := $(VENV)/.installed
+# MathJax and the Jupyter widget manager, fetched from the npm registry (needs npm), so
+# that the site loads nothing from a CDN (see _config.yml and tools/vendor_assets.py).
+VENDOR := _vendor/VERSIONS
 
-.PHONY: book test lint format benchmark clean
+.PHONY: book test lint format benchmark gpu-book chromium clean
 
 # The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
 # (without Ray that test is skipped, saying why).
@@ -23,14 +26,30 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[book,test,ray]"
 	touch $@
 
-book: $(STAMP)
+$(VENDOR): tools/vendor_assets.py
+	$(PYTHON) tools/vendor_assets.py
+
+# Headless Chromium for tests/test_browser.py: Debian's package, installed with apt-get
+# when missing and we are root (CI); otherwise say how.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core) >/dev/null; \
+	else \
+	  echo "tests/test_browser.py needs Chromium: sudo apt-get install chromium (or set CHROMIUM=/path/to/chrome)"; exit 1; \
+	fi
+
+book: $(STAMP) $(VENDOR)
 	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
-test: $(STAMP)
+# Everything, the Colab-like environment (tests/test_colab.py, marked slow) and the
+# browser test (tests/test_browser.py) included; TORCH_INDEX reaches the Colab-like
+# environment's torch install too. Screenshots land in _build/test-artifacts/.
+test: $(STAMP) $(VENDOR) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PRENORM_SCALE=ci $(BIN)/python -m pytest --nbval-lax
+	PRENORM_SCALE=ci TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python -m pytest --nbval-lax
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -40,5 +59,10 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/sweep_throughput.py
 
+# On a CUDA machine: every chapter at the gpu preset plus the chapter 7 benchmark, with
+# each chapter's time and peak GPU memory (benchmarks/gpu_book.py; about 8 min on an H100).
+gpu-book: $(STAMP)
+	$(BIN)/python benchmarks/gpu_book.py
+
 clean:
-	rm -rf _build $(VENV)
+	rm -rf _build _vendor $(VENV)

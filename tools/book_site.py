@@ -1,0 +1,36 @@
+"""A local Sphinx extension for the book's site (listed in _config.yml's
+``sphinx.local_extensions``): each page loads every script once.
+
+sphinx-thebe 0.3 adds its inline configuration script (``const THEBE_JS_URL = ...``)
+from an ``env-before-read-docs`` handler, and under Sphinx 7.4 it reaches every page
+twice: once through the builder, with no file name, and once through the registry, with
+an empty one (so does sphinx-togglebutton's). The second THEBE copy throws "Identifier
+'THEBE_JS_URL' has already been declared" in the reader's console, which
+tests/test_browser.py checks stays clean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Keep the first of scripts with the same source and attributes (inline body included)."""
+    scripts = context.get("script_files")
+    if not isinstance(scripts, list):
+        return
+    seen: set[tuple] = set()
+    kept = []
+    for js in scripts:
+        attributes = getattr(js, "attributes", {})
+        # the same inline script arrives once as filename None and once as ""
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted(attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    context["script_files"] = kept
+
+
+def setup(app: Any) -> dict[str, object]:
+    app.connect("html-page-context", dedupe_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
