@@ -24,6 +24,7 @@ from .benchmark import (
 )
 from .blocks import (
     ACTIVATIONS,
+    MIX_RATIO,
     MLP,
     PLACEMENTS,
     SLOTS,
@@ -31,6 +32,7 @@ from .blocks import (
     Block,
     CausalSelfAttention,
     Placement,
+    layer_placements,
 )
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
@@ -38,8 +40,10 @@ from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jaco
 from .model import INITS, THEORY_SETTING, TransformerLM, build_model
 from .norms import (
     NORMS,
+    DyT,
     LayerNorm,
     RMSNorm,
+    dyt_jacobian,
     layernorm_jacobian,
     layernorm_welford,
     make_norm,
@@ -99,6 +103,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "INITS",
     "INIT_COLORS",
+    "MIX_RATIO",
     "MLP",
     "NORMS",
     "NORM_COLORS",
@@ -117,6 +122,7 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "Corpus",
+    "DyT",
     "Implementation",
     "LayerNorm",
     "Placement",
@@ -139,6 +145,7 @@ __all__ = [
     "depth_axis",
     "device",
     "direction",
+    "dyt_jacobian",
     "draw_placements",
     "end_to_end_gains",
     "end_to_end_spectral_norms",
@@ -150,6 +157,7 @@ __all__ = [
     "hidden_grad_norms",
     "label_placements",
     "layer_ablation",
+    "layer_placements",
     "ledger",
     "layernorm_jacobian",
     "layernorm_welford",

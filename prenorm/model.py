@@ -6,7 +6,8 @@ r"""A small decoder-only character language model, readable top to bottom.
     \text{logits} = W_{\text{head}}\, \mathrm{N}_{\text{final}}(x_L),
 
 where :math:`\mathrm{N}_{\text{final}}` is a norm for the Pre-LN family and the
-identity for Post-LN (whose last block already ends in a norm).
+identity for Post-LN (whose last block already ends in a norm) and for ReZero (which has
+no norm).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import PLACEMENTS, Block
-from .norms import NORMS, make_norm
+from .blocks import MIX_RATIO, PLACEMENTS, Block, layer_placements
+from .norms import _norm_kwargs, make_norm
 from .registry import Registry
 
 
@@ -126,8 +127,14 @@ class TransformerLM(nn.Module):
     - ``"deepnorm"``: DeepNet's init (Wang et al. 2022): Xavier-normal, with gain
       :math:`\beta=(8L)^{-1/4}` on :math:`W^V`, :math:`W^O` and the MLP.
 
-    Norm weights start at :math:`\gamma=1`, :math:`\beta=0` under every scheme.
+    Norm weights start at :math:`\gamma=1`, :math:`\beta=0` (DyT's :math:`\alpha` at
+    :math:`\alpha_0`, ReZero's gates at 0) under every scheme.
     ``placement="deepnorm"`` also sets the skip-path scale :math:`\alpha=(2L)^{1/4}`.
+
+    ``placement="mixln"`` is resolved layer by layer (:func:`~prenorm.layer_placements`,
+    split by ``mix_ratio``, default 0.25); :attr:`layer_placements` lists the result and
+    each block's ``placement`` is its own. ``qk_norm`` adds per-head QK-norm to every
+    attention; ``alpha0`` is DyT's initial :math:`\alpha` (``norm="dyt"`` only).
     :meth:`describe` gives the names that identify the model in every table.
     """
 
@@ -144,6 +151,9 @@ class TransformerLM(nn.Module):
         mlp_ratio: int = 4,
         bias: bool = True,
         activation: str = "gelu",
+        qk_norm: bool = False,
+        mix_ratio: float | None = None,
+        alpha0: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -154,11 +164,19 @@ class TransformerLM(nn.Module):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         INITS.check(init)
-        NORMS.check(norm)
+        norm_cls, _ = _norm_kwargs(norm, bias, alpha0)
         spec = PLACEMENTS[placement]
+        #: The single-step placement of every layer (all equal except for ``"mixln"``).
+        self.layer_placements = layer_placements(placement, n_layers, mix_ratio)
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.seq_len, self.placement, self.norm, self.init_scheme = seq_len, placement, norm, init
-        alpha = (2 * n_layers) ** 0.25 if spec.scaled_residual else 1.0
+        rho = MIX_RATIO if mix_ratio is None else float(mix_ratio)
+        self.mix_ratio = rho if spec.mix is not None else None
+        self.qk_norm = bool(qk_norm)
+        self.alpha0: float | None = None  # DyT's initial alpha; None for the other norms
+        if getattr(norm_cls, "has_alpha0", False):
+            self.alpha0 = norm_cls.default_alpha0 if alpha0 is None else float(alpha0)
+        alpha = (2 * n_layers) ** 0.25
         # The modules' own constructors draw weights that reset_parameters overwrites;
         # keeping them off the global RNG makes the init a function of the RNG state
         # alone, so a model reset under seed s equals a model built under seed s.
@@ -166,11 +184,23 @@ class TransformerLM(nn.Module):
             self.tok_emb = nn.Embedding(vocab_size, d_model)
             self.pos_emb = nn.Embedding(seq_len, d_model)
             self.blocks = nn.ModuleList(
-                Block(d_model, n_heads, placement, norm, mlp_ratio, bias, alpha, activation)
-                for _ in range(n_layers)
+                Block(
+                    d_model,
+                    n_heads,
+                    p,
+                    norm,
+                    mlp_ratio,
+                    bias,
+                    alpha if PLACEMENTS[p].scaled_residual else 1.0,
+                    activation,
+                    layer=l,
+                    qk_norm=qk_norm,
+                    alpha0=alpha0,
+                )
+                for l, p in enumerate(self.layer_placements)
             )
             self.final_norm = (
-                make_norm(norm, d_model, bias=bias) if spec.final_norm else nn.Identity()
+                make_norm(norm, d_model, bias, alpha0) if spec.final_norm else nn.Identity()
             )
             self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.reset_parameters(init)
@@ -178,20 +208,30 @@ class TransformerLM(nn.Module):
     def describe(self) -> dict[str, object]:
         """The model's identity, as every probe, :func:`~prenorm.train` and
         :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
-        ``n_layers`` and ``d_model``."""
-        return {
+        ``n_layers`` and ``d_model``; and, only where they apply, so that part 1's
+        tables keep their columns, ``mix_ratio`` (``"mixln"``), ``alpha0`` (DyT) and
+        ``qk_norm`` (``True`` when the model has it). Frames that mix models with and
+        without these keys get NaN there (``df.fillna({"qk_norm": False})``)."""
+        meta: dict[str, object] = {
             "placement": self.placement,
             "norm": self.norm,
             "init": self.init_scheme,
             "n_layers": self.n_layers,
             "d_model": self.d_model,
         }
+        if self.mix_ratio is not None:
+            meta["mix_ratio"] = self.mix_ratio
+        if self.alpha0 is not None:
+            meta["alpha0"] = self.alpha0
+        if self.qk_norm:
+            meta["qk_norm"] = True
+        return meta
 
     @torch.no_grad()
     def reset_parameters(self, init: str | None = None) -> None:
         r"""(Re-)initialize every weight with the scheme ``init`` (default: the model's):
         every module back to its framework default (norms to :math:`\gamma=1`,
-        :math:`\beta=0`), then the scheme's own draws, all from the global RNG. Under
+        :math:`\beta=0`, DyT's :math:`\alpha` to :math:`\alpha_0`, ReZero's gates to 0), then the scheme's own draws, all from the global RNG. Under
         ``torch.manual_seed(s)`` the result equals a fresh model built under the same
         seed (:func:`build_model` with ``seed=s``), whatever training did before."""
         init = INITS.check(init or self.init_scheme)

@@ -1,10 +1,13 @@
 """Normalization layers written out by hand, and their closed-form Jacobians.
 
-Both layers act on the last dimension of their input and are equal (up to float
+Both norms act on the last dimension of their input and are equal (up to float
 rounding) to ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm`` with the same weights.
+:class:`DyT` is the element-wise function proposed to replace them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -103,19 +106,111 @@ class RMSNorm(nn.Module):
         return f"{self.d}, eps={self.eps}"
 
 
+class DyT(nn.Module):
+    r"""Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025, arXiv:2503.10622): an
+    element-wise squashing function put where a norm would be.
+
+    .. math:: \mathrm{DyT}(x) = \gamma \odot \tanh(\alpha x) + \beta ,
+
+    with :math:`\alpha` a single learnable scalar that starts at ``alpha0`` (0.5, the
+    paper's default; it tunes :math:`\alpha_0` for its large LMs), and :math:`\gamma`,
+    :math:`\beta` per feature, starting at 1 and 0. The paper's observation is that a
+    trained LayerNorm maps most inputs almost linearly and squashes the extreme ones
+    in an S-shape; DyT keeps that shape and drops the statistics. It computes no mean
+    or variance of the token: near 0 it is the linear map :math:`\alpha\gamma x`, and
+    large entries saturate at :math:`\pm\gamma + \beta`, whatever the token's scale.
+
+    ``scale(x)`` returns :math:`1/\alpha` for every token: the divisor DyT applies in
+    its linear regime, and the one for which ``1/scale`` bounds its Jacobian's gain
+    (with :math:`\gamma = 1`), as :math:`1/\sigma` does for LayerNorm. Unlike
+    :math:`\sigma` it does not depend on the input, which is the point of the design.
+    """
+
+    has_bias = True
+    #: DyT takes an initial :math:`\alpha_0` (``alpha0``), which the other norms do not.
+    has_alpha0 = True
+    default_alpha0 = 0.5
+
+    def __init__(self, d: int, alpha0: float = default_alpha0, bias: bool = True) -> None:
+        super().__init__()
+        if d <= 0:
+            raise ValueError(f"DyT needs a positive feature size d, got d={d}")
+        self.d = d
+        self.alpha0 = _check_alpha0(alpha0)
+        self.alpha = nn.Parameter(torch.tensor(self.alpha0))
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        r"""Back to :math:`\alpha = \alpha_0`, :math:`\gamma = 1`, :math:`\beta = 0`."""
+        self.alpha.fill_(self.alpha0)
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self.d, "DyT")
+        y = torch.tanh(self.alpha * x) * self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def scale(self, x: Tensor) -> Tensor:
+        r""":math:`1/\alpha` for every token, shape ``x.shape[:-1]`` (see the class docstring)."""
+        return (1 / self.alpha.detach()).to(x.dtype).expand(x.shape[:-1])
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Closed-form Jacobian at ``x`` with this module's parameters: :func:`dyt_jacobian`."""
+        return dyt_jacobian(x, self.alpha.detach(), self.weight.detach())
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, alpha0={self.alpha0}, bias={self.bias is not None}"
+
+
+def _check_alpha0(alpha0: object) -> float:
+    if (
+        isinstance(alpha0, bool)
+        or not isinstance(alpha0, int | float)
+        or not math.isfinite(alpha0)
+        or alpha0 <= 0
+    ):
+        raise ValueError(
+            f"alpha0 must be a positive finite number (DyT's initial alpha), got {alpha0!r}"
+        )
+    return float(alpha0)
+
+
 #: The norms by name; each entry is the class that builds it. A class with
-#: ``has_bias = True`` takes a ``bias`` flag (LayerNorm's :math:`\beta`).
-NORMS: Registry[type[nn.Module]] = Registry("norm", {"layernorm": LayerNorm, "rmsnorm": RMSNorm})
+#: ``has_bias = True`` takes a ``bias`` flag (LayerNorm's :math:`\beta`); one with
+#: ``has_alpha0 = True`` (DyT) takes ``alpha0``.
+NORMS: Registry[type[nn.Module]] = Registry(
+    "norm", {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "dyt": DyT}
+)
 
 
-def make_norm(name: str, d: int, bias: bool = True) -> nn.Module:
+def make_norm(name: str, d: int, bias: bool = True, alpha0: float | None = None) -> nn.Module:
     """Build the norm called ``name`` (a key of :data:`NORMS`) over ``d`` features.
 
-    ``bias`` sets whether a norm that has a shift :math:`\beta` (LayerNorm) keeps it;
-    RMSNorm has none.
+    ``bias`` sets whether a norm that has a shift :math:`\beta` (LayerNorm, DyT) keeps
+    it; RMSNorm has none. ``alpha0`` is DyT's initial :math:`\alpha` (``None``: its
+    default); giving it for a norm without one is an error.
     """
+    cls, kwargs = _norm_kwargs(name, bias, alpha0)
+    return cls(d, **kwargs)
+
+
+def _norm_kwargs(
+    name: str, bias: bool = True, alpha0: float | None = None
+) -> tuple[type[nn.Module], dict[str, object]]:
+    """The class of norm ``name`` and the keyword arguments :func:`make_norm` gives it,
+    checked: an unknown name, or an ``alpha0`` for a norm that has none, raises."""
     cls = NORMS[name]
-    return cls(d, bias=bias) if cls.has_bias else cls(d)
+    kwargs: dict[str, object] = {"bias": bias} if cls.has_bias else {}
+    if alpha0 is not None:
+        takes = [n for n, c in NORMS.items() if getattr(c, "has_alpha0", False)]
+        if name not in takes:
+            raise ValueError(f"alpha0={alpha0!r} only applies to norms {takes}, not norm={name!r}")
+        kwargs["alpha0"] = _check_alpha0(alpha0)
+    return cls, kwargs
 
 
 def layernorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -159,6 +254,31 @@ def rmsnorm_jacobian(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6)
     xhat = x / r
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     jac = (eye - xhat.unsqueeze(-1) * xhat.unsqueeze(-2) / d) / r.unsqueeze(-1)
+    return _scale_rows(jac, weight, d)
+
+
+def dyt_jacobian(x: Tensor, alpha: Tensor | float, weight: Tensor | None = None) -> Tensor:
+    r"""Closed-form Jacobian of :class:`DyT` at ``x``, shape ``(..., d, d)``.
+
+    DyT acts on each feature alone, so its Jacobian is diagonal:
+
+    .. math::
+        \frac{\partial\,\mathrm{DyT}(x)_i}{\partial x_j}
+        = \delta_{ij}\,\gamma_i\,\alpha\,\big(1 - \tanh^2(\alpha x_i)\big).
+
+    Every entry is at most :math:`\alpha|\gamma_i|`, reached at :math:`x_i = 0`; unlike
+    a norm's, no direction is removed, and a large entry's derivative decays to 0
+    (saturation) rather than the whole token's being divided by its scale. The bias
+    does not enter. Returned as a full matrix, like :func:`layernorm_jacobian`, so the
+    probes can use either; its diagonal is ``.diagonal(dim1=-2, dim2=-1)``.
+    """
+    _check_tensor(x, "x")
+    d = x.shape[-1]
+    a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    if a.numel() != 1:
+        raise ValueError(f"alpha must be a scalar, got shape {tuple(a.shape)}")
+    a = a.reshape(())
+    jac = torch.diag_embed(a * (1 - torch.tanh(a * x) ** 2))
     return _scale_rows(jac, weight, d)
 
 

@@ -21,9 +21,13 @@ PLACEMENT_COLORS: dict[str, str] = {
     "pre": "#4c72b0",
     "sandwich": "#55a868",
     "deepnorm": "#8172b3",
+    "reorder": "#64b5cd",
+    "mixln": "#dd8452",
+    "lns": "#1f3b73",
+    "rezero": "#7f7f7f",
 }
 #: One colour per norm.
-NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452"}
+NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452", "dyt": "#55a868"}
 #: One colour per initialization scheme.
 INIT_COLORS: dict[str, str] = {
     "pytorch": "#937860",
@@ -38,6 +42,10 @@ PLACEMENT_LABELS: dict[str, str] = {
     "pre": "Pre-LN",
     "sandwich": "Sandwich",
     "deepnorm": "DeepNorm",
+    "reorder": "Reorder",
+    "mixln": "Mix-LN",
+    "lns": "LN Scaling",
+    "rezero": "ReZero",
 }
 
 
@@ -320,18 +328,22 @@ def glue(name: str, value: object) -> object:
 
 
 def draw_placements(
-    placements: Sequence[str] = ("post", "pre"), figsize: tuple[float, float] = (8.0, 4.6)
+    placements: Sequence[str] = ("post", "pre"), figsize: tuple[float, float] | None = None
 ):
-    """Draw the data path of one residual step for each placement, side by side.
+    r"""Draw the data path of one residual step for each placement, side by side.
 
     The skip path is drawn in the placement's colour; a norm that sits *on* the
     skip path (Post-LN, DeepNorm) is filled red, a norm inside the branch is grey.
-    Returns the matplotlib figure.
+    LayerNorm Scaling's :math:`1/\sqrt{l}` and ReZero's gate :math:`g` are written on
+    the branch; a per-layer rule (Mix-LN) is stated in words, since its layers are
+    drawn by the placements it names. Returns the matplotlib figure.
     """
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     from .blocks import PLACEMENTS
 
+    if figsize is None:  # 8 x 4.6 inches for up to three panels, wider for more
+        figsize = (max(8.0, 2.2 * len(placements)), 4.6)
     fig, axes = plt.subplots(1, len(placements), figsize=figsize)
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, placements, strict=True):
@@ -342,6 +354,17 @@ def draw_placements(
         ax.axis("off")
         ax.set_title(PLACEMENT_LABELS.get(name, name), color=color, fontweight="bold")
         skip_x, br_x = 1.0, 3.0
+        if spec.mix is not None:
+            first, rest = (PLACEMENT_LABELS.get(n, n) for n in spec.mix)
+            ax.text(
+                2.0,
+                3.8,
+                f"{first} in the\nfirst layers,\n{rest} in the rest",
+                ha="center",
+                va="center",
+                fontsize=11,
+            )
+            continue
 
         def box(x: float, y: float, text: str, fc: str, ec: str = "#333333", ax: Axes = ax) -> None:
             ax.add_patch(
@@ -367,7 +390,7 @@ def draw_placements(
         ax.plot([skip_x, br_x], [1.0, 1.0], color="#555555", lw=1.4)
         if spec.norm_in:
             arrow((br_x, 1.0), (br_x, y - 0.35))
-            box(br_x, y, "LN", "#dddddd")
+            box(br_x, y, r"LN $\cdot 1/\sqrt{l}$" if spec.depth_scaled else "LN", "#dddddd")
             y += 1.3
         arrow((br_x, y - 1.3 + 0.3 if spec.norm_in else 1.0), (br_x, y - 0.35))
         box(br_x, y, "$F_l$\n(attn / MLP)", "#f5f5f5")
@@ -378,6 +401,8 @@ def draw_placements(
             y += 1.3
         add_y = y
         ax.plot([br_x, br_x], [y - 1.0, add_y], color="#555555", lw=1.4)
+        if spec.gated:
+            ax.text(br_x + 0.2, add_y - 0.5, r"$g\,\cdot$ (0 at init)", va="center", fontsize=10)
         arrow((br_x, add_y), (skip_x + 0.3, add_y))
         # skip path up to the addition
         skip_label = r"$\alpha\,\cdot$" if spec.scaled_residual else ""

@@ -34,6 +34,12 @@ def test_final_norm_only_for_pre_ln_family():
     assert isinstance(_model(placement="sandwich", norm="rmsnorm").final_norm, RMSNorm)
     assert isinstance(_model(placement="post").final_norm, torch.nn.Identity)
     assert isinstance(_model(placement="deepnorm").final_norm, torch.nn.Identity)
+    # OLMo 2 never normalizes the stream inside the stack, so it ends in a norm; so do
+    # LNS and Mix-LN (Pre-LN on top); ReZero has no norm anywhere
+    for placement in ("reorder", "lns", "mixln"):
+        assert isinstance(_model(placement=placement).final_norm, LayerNorm), placement
+    assert isinstance(_model(placement="rezero").final_norm, torch.nn.Identity)
+    assert not any(isinstance(m, LayerNorm) for m in _model(placement="rezero").modules())
 
 
 def test_post_ln_states_have_norm_sqrt_d():
@@ -185,3 +191,74 @@ def test_theory_setting_matches_xiong_section_3():
         ).item() / d
     assert abs(ffn_gain - 0.5) < 0.05, ffn_gain
     assert 0.0 < attn_gain < 1.0, attn_gain
+
+
+def test_rezero_blocks_are_the_identity_until_one_optimizer_step():
+    """With every gate at 0 each block returns its input exactly, and only the gates get
+    a gradient (the branch weights sit behind a zero). One Adam step moves every gate off
+    0, and from then on no block is the identity."""
+    torch.manual_seed(0)
+    m = _model(placement="rezero")
+    idx = torch.randint(V, (4, T))
+    x = m.embed(idx).detach()
+    for blk in m.blocks:
+        assert blk.gate.item() == 0.0 and torch.equal(blk(x), x)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    m(idx, idx)[1].backward()
+    for blk in m.blocks:
+        assert blk.gate.grad.abs() > 0
+        assert all(p.grad.abs().max() == 0 for p in blk.mlp.parameters())
+    opt.step()
+    for blk in m.blocks:
+        assert blk.gate.item() != 0.0
+        assert (blk(x) - x).abs().max() > 0  # tiny (g = ±lr, small gpt2 weights) but not 0
+
+
+def test_reset_returns_the_new_designs_to_a_fresh_model(corpus):
+    """As for part 1's placements: training moves every parameter, ReZero's gates and
+    DyT's alpha included, and a reset under the build seed gives back exactly the fresh
+    model (gates at 0, alpha at alpha0). A reset that forgot the gate or alpha fails."""
+    from prenorm import DyT, build_model, train
+
+    kw = dict(vocab_size=corpus.vocab_size, d_model=16, n_layers=4, n_heads=2, seq_len=8)
+    for extra in (
+        {"placement": "rezero"},
+        {"placement": "pre", "norm": "dyt", "alpha0": 0.3},
+        {"placement": "lns"},
+        {"placement": "mixln", "mix_ratio": 0.5},
+        {"placement": "reorder", "norm": "rmsnorm", "qk_norm": True},
+    ):
+        fresh = build_model(seed=4, **kw, **extra)
+        model = build_model(seed=4, **kw, **extra)
+        train(model, corpus, steps=3, lr=1e-2, batch_size=2, device="cpu")
+        if extra["placement"] == "rezero":
+            assert all(b.gate.item() != 0 for b in model.blocks), "the gates should have moved"
+        if extra.get("norm") == "dyt":
+            dyts = [mod for mod in model.modules() if isinstance(mod, DyT)]
+            assert all(d.alpha.item() != 0.3 for d in dyts), "alpha should have moved"
+        if extra.get("qk_norm"):
+            assert (model.blocks[0].attn.q_norm.weight != 1).any()
+        torch.manual_seed(4)
+        model.reset_parameters()
+        for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+            assert torch.equal(p, q), (extra, name)
+
+
+def test_describe_names_the_new_options_only_where_they_apply():
+    assert _model(placement="mixln").describe() == {
+        "placement": "mixln",
+        "norm": "layernorm",
+        "init": "gpt2",
+        "n_layers": L,
+        "d_model": D,
+        "mix_ratio": 0.25,
+    }
+    meta = _model(norm="dyt", alpha0=0.2, qk_norm=True).describe()
+    assert meta["alpha0"] == 0.2 and meta["qk_norm"] is True and "mix_ratio" not in meta
+    assert set(_model(placement="rezero").describe()) == {
+        "placement",
+        "norm",
+        "init",
+        "n_layers",
+        "d_model",
+    }
