@@ -9,8 +9,8 @@ from several models concatenate into one figure. Exact Jacobians, which are
 tensors, live in :mod:`prenorm.jacobians`; :func:`~prenorm.probe_sweep` runs a
 probe over a grid of models.
 
-Sections, in order: inputs; the forward pass (stream, branches, norm scales); the
-backward pass (hidden-state and weight gradients, end-to-end Jacobians); the
+Sections, in order: inputs; the forward pass (stream, branches, norm scales,
+outlier activations, attention logits); the backward pass (hidden-state and weight gradients, end-to-end Jacobians); the
 response to a change (one optimizer step, removing a layer).
 """
 
@@ -190,6 +190,84 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     return pd.DataFrame(rows).assign(**model.describe())
 
 
+def activation_outliers(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""How far the largest entry of the residual stream stands above a typical one, per
+    layer: :math:`\max|x_l| / \mathrm{median}|x_l|`, over every token and feature of the
+    batch, for :math:`l = 0..L` (row ``layer=L`` is the final state).
+
+    Sun, Chen, Kolter & Liu 2024 ("Massive activations in large language models",
+    arXiv:2402.17762) find a few entries of the hidden state of trained LLMs about
+    :math:`10^3`-:math:`10^4` times the median magnitude, in fixed feature dimensions
+    and at few tokens (often the first); this ratio is their measure. Columns:
+    ``layer``, ``max_abs``, ``median_abs`` (the lower middle value for an even count),
+    ``ratio`` (``max_abs / median_abs``), ``feature`` and ``position`` (the feature
+    index and time step of the largest entry), plus the model's
+    :meth:`~prenorm.TransformerLM.describe` columns.
+    """
+    x0, _ = _stream_input(model, batch)
+    with torch.no_grad():
+        states = model.residual_stream(x0)
+    rows = []
+    for l, s in enumerate(states):
+        a = s.detach().abs()
+        top = int(a.argmax())
+        _, t, f = torch.unravel_index(torch.tensor(top), a.shape)
+        med = a.flatten().median()
+        rows.append(
+            {
+                "layer": l,
+                "max_abs": a.max().item(),
+                "median_abs": med.item(),
+                "ratio": (a.max() / med).item(),
+                "feature": int(f),
+                "position": int(t),
+            }
+        )
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def max_attention_logits(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""The largest pre-softmax attention logit of every layer,
+    :math:`\max_{h,\,t,\,s \le t} q_{h,t}\cdot k_{h,s}/\sqrt{d_h}`, over the batch, the
+    heads and every query-key pair the causal mask allows (a masked pair never counts).
+
+    Wortsman et al. 2023 (arXiv:2309.14322; after Dehghani et al. 2023,
+    arXiv:2302.05442) trace one instability of small and large models alike to these
+    logits growing during training until the softmax collapses onto one key; QK-norm
+    bounds them. The logits are those the model computes: of the attention's input
+    (after any input norm and depth scale) and after QK-norm where the model has it.
+    One row per layer: ``layer``, ``max_logit``, ``head`` (the head where it occurs),
+    ``mean_head_max`` (each head's maximum, averaged over heads), plus the model's
+    :meth:`~prenorm.TransformerLM.describe` columns.
+    """
+    x0, _ = _stream_input(model, batch)
+    found: dict[int, Tensor] = {}
+    handles = []
+    for l, blk in enumerate(model.blocks):
+
+        def hook(mod: torch.nn.Module, args: tuple[Tensor, ...], l: int = l) -> None:
+            logits = mod.logits(args[0].detach())  # (B, H, T, T), -inf where masked
+            found[l] = logits.amax(dim=(0, 2, 3))  # per head
+
+        handles.append(blk.attn.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.residual_stream(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [
+        {
+            "layer": l,
+            "max_logit": per_head.max().item(),
+            "head": int(per_head.argmax()),
+            "mean_head_max": per_head.mean().item(),
+        }
+        for l, per_head in sorted(found.items())
+    ]
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
 # ---- the backward pass -------------------------------------------------------
 def hidden_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     r"""Gradient of the loss with respect to every residual state,
@@ -224,7 +302,7 @@ def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     matrix and norm parameter of every block, at the current parameters.
 
     One row per (layer, parameter). Columns: ``layer``, ``sublayer``
-    (``"attn"``, ``"mlp"`` or ``"norm"``), ``param`` (e.g. ``"mlp.fc2.weight"``),
+    (``"attn"``, ``"mlp"``, ``"norm"``, or ``"gate"`` for ReZero's gate), ``param`` (e.g. ``"mlp.fc2.weight"``),
     ``grad_norm``, ``weight_norm``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
     """
     x0, y = _stream_input(model, batch)
@@ -243,7 +321,7 @@ def param_grad_norms(model: TransformerLM, batch: Batch) -> pd.DataFrame:
         rows.append(
             {
                 "layer": l,
-                "sublayer": sub if sub in SUBLAYERS else "norm",
+                "sublayer": sub if sub in (*SUBLAYERS, "gate") else "norm",
                 "param": name,
                 "grad_norm": 0.0 if g is None else g.norm().item(),
                 "weight_norm": p.detach().norm().item(),

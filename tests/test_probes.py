@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.func import jacrev
 
+import prenorm as P
 from prenorm import (
     TransformerLM,
     branch_ratios,
@@ -264,3 +265,119 @@ def test_end_to_end_gains_estimate_the_frobenius_norm():
     assert abs(est - exact) < 4 * sem and sem < 0.05 * exact
     with pytest.raises(ValueError, match="samples must be >= 2"):
         end_to_end_gains(m, x, samples=1)
+
+
+# ---- activation outliers and attention logits ------------------------------------
+def test_activation_outliers_find_a_planted_outlier():
+    """A ReZero model is the identity at init, so every residual state is the input we
+    build. One entry planted at -500 must be found (by its absolute value: a signed max
+    would miss it) and divided by the median |h| (a mean would be pulled up by it)."""
+    from prenorm import activation_outliers
+
+    torch.manual_seed(0)
+    m = TransformerLM(V, D, L, H, T, placement="rezero")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, T, D, generator=g)
+    x[1, 4, 7] = -500.0
+    y = torch.randint(V, (2, T), generator=g)
+    df = activation_outliers(m, (x, y))
+    assert list(df["layer"]) == list(range(L + 1))
+    a = x.abs().flatten().sort().values
+    median = a[(a.numel() - 1) // 2].item()
+    assert (df["max_abs"] == 500.0).all() and (df["median_abs"] == median).all()
+    assert (df["ratio"] - 500.0 / median).abs().max() < 1e-3
+    assert (df["feature"] == 7).all() and (df["position"] == 4).all()
+    assert (df["ratio"] - 500.0 / x.abs().mean().item()).abs().min() > 100
+
+
+def test_activation_outliers_match_the_stream_layer_by_layer():
+    from prenorm import activation_outliers
+
+    m = _model("pre")
+    x, y = _batch()
+    df = activation_outliers(m, (x, y))
+    states = m.residual_stream(m.embed(x))
+    for l, s in enumerate(states):
+        a = s.detach().abs()
+        assert abs(df.loc[l, "ratio"] - (a.max() / a.flatten().median()).item()) < 1e-4
+    assert set(df["placement"]) == {"pre"}
+
+
+@pytest.mark.parametrize(("placement", "qk_norm"), [("pre", False), ("lns", False), ("post", True)])
+def test_max_attention_logits_match_a_direct_computation(placement, qk_norm):
+    """By hand: the attention input of each layer (its input norm and LNS factor
+    included), q and k per head (normalized for QK-norm), q.k/sqrt(d_h) over the pairs
+    s <= t only. The unmasked maximum is larger in some layer here, so ignoring the mask
+    fails; so does taking the logits before QK-norm or before the input norm."""
+    from prenorm import max_attention_logits
+
+    torch.manual_seed(0)
+    m = TransformerLM(V, D, L, H, T, placement=placement, qk_norm=qk_norm)
+    x, y = _batch()
+    df = max_attention_logits(m, (x, y))
+    assert list(df["layer"]) == list(range(L))
+    states = m.residual_stream(m.embed(x))
+    dh = D // H
+    allowed = torch.ones(T, T).tril().bool()
+    mask_mattered = False
+    for l, blk in enumerate(m.blocks):
+        h = states[l].detach()
+        n_in = blk.norm("attn", "in")
+        if n_in is not None:
+            h = n_in(h) * blk.depth_scale
+        q, k, _ = blk.attn.qkv(h).split(D, dim=-1)
+        q, k = (t.view(2, T, H, dh).transpose(1, 2) for t in (q, k))
+        if qk_norm:
+            q, k = blk.attn.q_norm(q), blk.attn.k_norm(k)
+        logits = q @ k.transpose(-2, -1) / dh**0.5
+        per_head = logits[..., allowed].amax(dim=(0, 2))
+        assert abs(df.loc[l, "max_logit"] - per_head.max().item()) < 1e-5
+        assert df.loc[l, "head"] == int(per_head.argmax())
+        assert abs(df.loc[l, "mean_head_max"] - per_head.mean().item()) < 1e-5
+        mask_mattered |= logits.max().item() > per_head.max().item() + 1e-4
+    assert mask_mattered
+    if qk_norm:  # LayerNorm'd heads with gamma = 1: every logit is at most sqrt(d_h)
+        assert (df["max_logit"] <= dh**0.5 + 1e-5).all() and df.loc[0, "qk_norm"]
+
+
+def test_param_grad_norms_label_the_rezero_gate():
+    m = _model("rezero")
+    df = param_grad_norms(m, _batch())
+    gate = df[df["param"] == "gate"]
+    assert len(gate) == L and set(gate["sublayer"]) == {"gate"}
+    assert (gate["grad_norm"] > 0).all()  # the gate learns from the first step
+
+
+@pytest.mark.parametrize("placement", ["post", "pre", "sandwich"])
+def test_every_probe_runs_on_a_dyt_model(placement):
+    """The probes that call norm.scale() or norm.jacobian() (norm_input_scales, skip_path,
+    step_gradients) get DyT's 1/alpha and its diagonal Jacobian; the rest never look."""
+    torch.manual_seed(0)
+    m = P.TransformerLM(13, 16, 2, 2, 6, placement=placement, norm="dyt", alpha0=0.25)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randint(13, (2, 6), generator=g), torch.randint(13, (2, 6), generator=g))
+    frames = [
+        P.residual_norms(m, batch),
+        P.branch_ratios(m, batch),
+        P.norm_input_scales(m, batch),
+        P.activation_outliers(m, batch),
+        P.max_attention_logits(m, batch),
+        P.hidden_grad_norms(m, batch),
+        P.param_grad_norms(m, batch),
+        P.step_gradients(m, batch),
+        P.skip_path(m, batch),
+        P.end_to_end_gains(m, batch[0][:1], samples=2),
+        P.end_to_end_spectral_norms(m, batch[0][:1], iters=5),
+        P.update_sensitivity(m, batch, lr=1e-3),
+        P.layer_ablation(m, batch),
+    ]
+    for df in frames:
+        assert len(df) and (df["alpha0"] == 0.25).all()
+        numbers = df.drop(columns=["sigma"], errors="ignore").select_dtypes("number")
+        assert numbers.notna().all().all()  # sigma is NaN by design without an after-norm
+    scales = P.norm_input_scales(m, batch)
+    assert (scales["scale_mean"] - 4.0).abs().max() < 1e-6  # 1/alpha0
+    if placement == "post":
+        sg = P.step_gradients(m, batch)
+        assert (sg["sigma"] - 4.0).abs().max() < 1e-6
+        assert P.skip_path(m, batch)["step_distance"].gt(0).all()  # a diagonal, not I
