@@ -12,8 +12,8 @@ TORCH_INDEX ?=
 PRENORM_SCALE ?=
 
 STAMP := $(VENV)/.installed
-# MathJax and the Jupyter widget manager, fetched from the npm registry (needs npm), so
-# that the site loads nothing from a CDN (see _config.yml and tools/vendor_assets.py).
+# MathJax and the Jupyter widget manager, fetched from the npm registry over HTTPS, so
+# that the site loads nothing from a CDN (see _config.yml and book/_ext/vendor_assets.py).
 VENDOR := _vendor/VERSIONS
 
 .PHONY: book test lint format benchmark gpu-book chromium clean
@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[book,test,ray]"
 	touch $@
 
-$(VENDOR): tools/vendor_assets.py
-	$(PYTHON) tools/vendor_assets.py
+$(VENDOR): book/_ext/vendor_assets.py
+	$(PYTHON) book/_ext/vendor_assets.py
 
 # Headless Chromium for tests/test_browser.py: Debian's package, installed with apt-get
 # when missing and we are root (CI); otherwise say how.

@@ -2,23 +2,30 @@
 
 MathJax (which typesets the equations) and the Jupyter widget manager with RequireJS
 (which renders the chapters' saved widgets) come from the npm registry, by name and
-exact version, through ``npm pack``; their files go to ``_vendor/``, which
+exact version, downloaded over HTTPS and checked against the registry's published
+``sha512`` integrity hash (no Node.js needed); their files go to ``_vendor/``, which
 ``_config.yml`` makes a static path (``mathjax_path``, ``nb_ipywidgets_js``). The
 versions are the ones Sphinx 7 and MyST-NB 1.x would otherwise load from a CDN.
 
-    python tools/vendor_assets.py        # run by `make book` / `make test` when missing
+    python book/_ext/vendor_assets.py    # run by `make book` / `make test` when missing
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
+import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
+import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+#: The npm registry (``$NPM_CONFIG_REGISTRY`` overrides it, e.g. for a mirror).
+REGISTRY = os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org").rstrip("/")
 VENDOR = ROOT / "_vendor"
 
 #: npm package -> (folder under _vendor, files to keep: the package's path prefix, and
@@ -45,20 +52,26 @@ def _keep(folder: str, name: str, prefix: str) -> str | None:
     return rel
 
 
+def _fetch(spec: str) -> bytes:
+    """The tarball of npm package ``spec`` (``name@version``), verified against the
+    registry's integrity hash."""
+    name, version = spec.rsplit("@", 1)
+    with urllib.request.urlopen(f"{REGISTRY}/{name}/{version}", timeout=60) as r:
+        dist = json.load(r)["dist"]
+    with urllib.request.urlopen(dist["tarball"], timeout=120) as r:
+        data = r.read()
+    algo, _, digest = dist["integrity"].partition("-")
+    if algo != "sha512" or base64.b64encode(hashlib.sha512(data).digest()).decode() != digest:
+        raise RuntimeError(f"{spec}: the tarball does not match the registry's integrity hash")
+    return data
+
+
 def vendor(dest: Path = VENDOR) -> Path:
     """Fetch every package in :data:`PACKAGES` into ``dest`` (replaced whole)."""
-    npm = shutil.which("npm")
-    if npm is None:
-        sys.exit("npm is needed to fetch MathJax and the widget manager (apt-get install npm)")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [npm, "pack", "--silent", *PACKAGES], cwd=tmp, check=True, stdout=subprocess.DEVNULL
-        )
         staged = Path(tmp) / "_vendor"
         for spec, (folder, prefix) in PACKAGES.items():
-            name, version = spec.rsplit("@", 1)
-            tgz = Path(tmp) / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
-            with tarfile.open(tgz) as tar:
+            with tarfile.open(fileobj=io.BytesIO(_fetch(spec)), mode="r:gz") as tar:
                 for member in tar.getmembers():
                     rel = _keep(folder, member.name, prefix)
                     if rel is None or not member.isfile():
