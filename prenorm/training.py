@@ -293,6 +293,7 @@ def train(
     eval_interval: int | None = None,
     eval_batches: int = 4,
     explode_factor: float = 3.0,
+    val_seed: int | None = None,
     callback: Callable[[int, TransformerLM], None] | None = None,
     compile: bool | str = False,
 ) -> TrainResult:
@@ -302,7 +303,9 @@ def train(
     initialization is the caller's: seed before building it). ``amp=None`` picks
     mixed precision per device (:func:`prenorm.amp_dtype`); ``False`` forces fp32.
     ``eval_interval`` defaults to ``steps // 10``; validation uses a fixed set of
-    ``eval_batches`` batches. ``clip`` is the max global gradient norm, or None.
+    ``eval_batches`` batches, drawn with seed ``seed + 10000`` unless ``val_seed`` fixes
+    them (the same validation set for every seed of a comparison, so that seed-to-seed
+    spread is training's alone). ``clip`` is the max global gradient norm, or None.
     ``callback(step, model)``, if given, runs once before the first step (``step=0``)
     and after each completed optimizer step (``step`` = steps taken), for probes
     during training; it must leave the parameters alone. ``compile`` trains through
@@ -327,7 +330,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    val_gen = torch.Generator().manual_seed(seed + 10_000)
+    val_gen = torch.Generator().manual_seed(seed + 10_000 if val_seed is None else val_seed)
     val_set = [data.batch("val", batch_size, model.seq_len, val_gen) for _ in range(eval_batches)]
     eval_interval = eval_interval or max(1, steps // 10)
     max_norm = clip if clip is not None else math.inf

@@ -34,7 +34,9 @@ def built_book(tmp_path_factory):
     assert exe, "jupyter-book is not installed (pip install -e '.[book]')"
     if not (ROOT / "_vendor" / "VERSIONS").exists():
         # MathJax and the widget manager, served locally (see _config.yml); from the npm registry.
-        subprocess.run([sys.executable, str(ROOT / "book" / "_ext" / "vendor_assets.py")], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "book" / "_ext" / "vendor_assets.py")], check=True
+        )
     out = tmp_path_factory.mktemp("book")
     env = {**os.environ, "PRENORM_SCALE": "ci"}
     proc = subprocess.run(
