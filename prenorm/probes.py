@@ -82,6 +82,17 @@ def _sequence_and_layers(
     return x0, layers
 
 
+def _forward_with_hooks(model: TransformerLM, x0: Tensor, handles: list) -> None:
+    """Run the residual stream on ``x0`` once, without gradients, for the forward hooks
+    behind ``handles`` to record what they see; the hooks are removed afterwards."""
+    try:
+        with torch.no_grad():
+            model.residual_stream(x0)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _token_norms(t: Tensor) -> Tensor:
     return t.detach().norm(dim=-1).flatten()
 
@@ -181,12 +192,7 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                 )
 
             handles.append(norm.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model.residual_stream(x0)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, x0, handles)
     return pd.DataFrame(rows).assign(**model.describe())
 
 
@@ -250,12 +256,7 @@ def max_attention_logits(model: TransformerLM, batch: Batch) -> pd.DataFrame:
             found[l] = logits.amax(dim=(0, 2, 3))  # per head
 
         handles.append(blk.attn.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model.residual_stream(x0)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, x0, handles)
     rows = [
         {
             "layer": l,
