@@ -120,11 +120,65 @@ def _run_job(data: Corpus, job: Job) -> Outcome:
     """Build and train the model of ``job``; an exception becomes ``{"error": ...}``."""
     try:
         model = build_model(seed=job["seed"], **job["model"])
-        result = train(model, data, seed=job["seed"], **job["train"])
+        spec = job.get("probes")
+        found: list[dict[str, object]] = []
+        callback = _probe_callback(data, model, spec, found) if spec else None
+        result = train(model, data, seed=job["seed"], callback=callback, **job["train"])
     except Exception as exc:  # a run that raises is a row, never the end of the sweep
         return {"error": _describe(exc)}
     hist = result.history.to_dict(orient="list") if job["history"] else None
-    return {"summary": result.summary(), "history": hist}
+    out: Outcome = {"summary": result.summary(), "history": hist}
+    if spec:
+        out["probes"] = found
+    return out
+
+
+def _probe_ref(fn: Callable[..., pd.DataFrame]) -> str:
+    """``module:qualname`` of a probe: how a job names it, so that it travels to a worker
+    and into a cache key as text. Refuses what cannot be found again by that name."""
+    ref = f"{getattr(fn, '__module__', None)}:{getattr(fn, '__qualname__', None)}"
+    try:
+        found = _resolve_probe(ref)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    if found is not fn:
+        raise ValueError(
+            f"probes must be module-level functions (a worker imports them by name), got "
+            f"{fn!r}; e.g. prenorm.residual_norms or a function defined in an importable module"
+        )
+    return ref
+
+
+def _resolve_probe(ref: str) -> Callable[..., pd.DataFrame]:
+    import importlib
+
+    module, _, name = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _probe_callback(
+    data: Corpus, model: TransformerLM, spec: dict[str, Any], found: list[dict[str, object]]
+) -> Callable[[int, TransformerLM], None]:
+    """A :func:`~prenorm.train` callback that runs every probe of ``spec`` on one fixed
+    validation batch at the steps ``spec["at"]``, appending its rows (with ``step`` and
+    ``probe``) to ``found``."""
+    gen = torch.Generator().manual_seed(spec["seed"])
+    dev = next(model.parameters()).device
+    batch = data.batch("val", spec["batch_size"], model.seq_len, gen, device=dev)
+    fns = {ref: _resolve_probe(ref) for ref in spec["fns"]}
+    at = set(spec["at"])
+
+    def callback(step: int, m: TransformerLM) -> None:
+        if step in at:
+            for ref, fn in fns.items():
+                rows = fn(m, batch).to_dict(orient="records")
+                name = ref.rpartition(":")[2]
+                found.extend({**row, "step": step, "probe": name} for row in rows)
+
+    return callback
 
 
 def _describe(exc: BaseException) -> str:
@@ -380,6 +434,7 @@ def _jobs(
     model_kwargs: dict[str, object],
     train_kwargs: dict[str, object],
     history: bool,
+    probes: dict[str, Any] | None = None,
 ) -> list[Job]:
     """The run of every grid point: the fixed kwargs overridden by the point's values.
     Raises if a key is unknown, a required argument is missing or a name is not in its
@@ -392,10 +447,19 @@ def _jobs(
             "train": {**train_kwargs, **{k: v for k, v in point.items() if k in TRAIN_KEYS}},
             "seed": int(point.get("seed", 0)),  # type: ignore[call-overload]
             "history": history,
+            **({"probes": probes} if probes else {}),
         }
         for point in points
     ]
     _check_complete(jobs)
+    if probes:
+        for job in jobs:
+            steps = job["train"]["steps"]
+            bad = [a for a in probes["at"] if not 0 <= a <= steps]
+            if bad:
+                raise ValueError(
+                    f"probe_at steps {bad} lie outside 0..{steps}, the steps this run trains"
+                )
     for job in jobs:
         for key, value in {**job["model"], **job["train"]}.items():
             if key in _NAMED:
@@ -404,7 +468,11 @@ def _jobs(
 
 
 def _rows(
-    points: list[dict[str, object]], jobs: list[Job], outcomes: list[Outcome], history: bool
+    points: list[dict[str, object]],
+    jobs: list[Job],
+    outcomes: list[Outcome],
+    history: bool,
+    probes: bool = False,
 ) -> pd.DataFrame:
     """One row per run (``history=False``) or per step of every run, in grid order. A run
     that raised keeps one row: its grid point, the configuration it was given (for the
@@ -419,6 +487,12 @@ def _rows(
             metas.append({**config, **point, "diverged": False, "error": out["error"]})
         else:
             metas.append({**out["summary"], **point, "error": None})
+    if probes:  # one row per probe row; a run with none keeps one row of its own
+        frames = []
+        for meta, out in zip(metas, outcomes, strict=True):
+            found = out.get("probes") or []
+            frames.append(pd.DataFrame([{**row, **meta} for row in found] or [meta]))
+        return pd.concat(frames, ignore_index=True)
     if not history:
         columns = dict.fromkeys(k for m in metas if m["error"] is None for k in m)
         columns.update(dict.fromkeys(k for m in metas for k in m))
@@ -441,6 +515,9 @@ def sweep(
     workers: int | None = None,
     backend: str | None = None,
     cache: str | os.PathLike[str] | None = None,
+    probes: Sequence[Callable[..., pd.DataFrame]] | None = None,
+    probe_at: Sequence[int] | None = None,
+    probe_seed: int = 0,
 ) -> pd.DataFrame:
     """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
 
@@ -452,6 +529,17 @@ def sweep(
     result has one row per run (:meth:`~prenorm.TrainResult.summary`); with
     ``history=True`` one row per step of every run, with the run's configuration and
     ``diverged``. Rows come in grid order, however the runs were spread out.
+
+    **Probes during training.** With ``probes`` (module-level probe functions
+    ``probe(model, batch) -> DataFrame``, such as :func:`~prenorm.residual_norms` or
+    :func:`~prenorm.layer_ablation`), every run also calls each probe at the steps in
+    ``probe_at`` (0 is the initialization, ``steps`` the trained model; default: those
+    two), on one validation batch of ``train_kwargs["batch_size"]`` sequences drawn with seed
+    ``probe_seed``, the same batch for every run. The result then has one row per probe
+    row: the probe's columns, ``step``, ``probe`` (the function's name) and the run's
+    configuration and outcome (``final_val_loss``, ``diverged``, ...), so one sweep gives
+    both the loss of every run and what happened inside it. A run that diverges is
+    probed up to the step where it stopped. ``history`` cannot be combined with it.
 
     **Where the runs happen.** ``backend`` is a key of :data:`BACKENDS`. By default
     (``None``) the runs go to ``workers`` spawned processes on this machine
@@ -501,8 +589,29 @@ def sweep(
             raise ValueError(f"backend 'serial' runs one point at a time; got workers={workers}")
         if backend == "ray":
             _import_ray()
+    spec = None
+    if probes is not None:
+        if history:
+            raise ValueError("give either history=True or probes, not both")
+        if not probes:
+            raise ValueError("probes must name at least one probe function")
+        tk = {"batch_size": 16, **(train_kwargs or {})}
+        steps = [tk.get("steps")] if "steps" not in grid else list(grid["steps"])
+        at = sorted({int(a) for a in probe_at}) if probe_at is not None else None
+        if at is None:
+            if len(steps) != 1 or steps[0] is None:
+                raise ValueError("give probe_at when the runs differ in steps")
+            at = [0, int(steps[0])]
+        spec = {
+            "fns": [_probe_ref(fn) for fn in probes],
+            "at": at,
+            "seed": int(probe_seed),
+            "batch_size": int(tk["batch_size"]),
+        }
+    elif probe_at is not None:
+        raise ValueError("probe_at is given but probes is not")
     model_kwargs = {"vocab_size": data.vocab_size, **(model_kwargs or {})}
-    jobs = _jobs(points, model_kwargs, dict(train_kwargs or {}), history)
+    jobs = _jobs(points, model_kwargs, dict(train_kwargs or {}), history, spec)
 
     outcomes: dict[int, Outcome] = {}
     path = Path(cache) if cache is not None else None
@@ -535,4 +644,4 @@ def sweep(
             f"with {failed[0]}",
             stacklevel=2,
         )
-    return _rows(points, jobs, [outcomes[i] for i in range(len(jobs))], history)
+    return _rows(points, jobs, [outcomes[i] for i in range(len(jobs))], history, spec is not None)

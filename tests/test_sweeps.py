@@ -210,3 +210,70 @@ def test_default_workers(monkeypatch):
     monkeypatch.setattr(sweeps, "default_device", lambda: torch.device("cuda"))
     assert sweeps._default_workers(jobs) == 1
     assert sweeps._default_workers([{"train": {"device": "cpu"}}] * 8) == 4
+
+
+# ---- probes during training ---------------------------------------------------------
+def _val_batch(corpus, batch_size, seq_len, seed):
+    return corpus.batch("val", batch_size, seq_len, torch.Generator().manual_seed(seed))
+
+
+def test_probes_during_training_match_the_probe_on_a_model_trained_that_far(corpus):
+    # Fails if a probe runs at the wrong step (off by one: before or after the optimizer
+    # step), on a different batch than documented, or its rows lose the run they belong to.
+    from prenorm import build_model, layer_ablation, residual_norms, train
+
+    model_kwargs = dict(d_model=16, n_heads=2, seq_len=8, n_layers=2, placement="pre")
+    train_kwargs = dict(steps=6, batch_size=3, lr=3e-3, device="cpu")
+    df = sweep(
+        corpus,
+        {"seed": [1]},
+        model_kwargs,
+        train_kwargs,
+        progress=False,
+        workers=1,
+        probes=[residual_norms, layer_ablation],
+        probe_at=[0, 4, 6],
+        probe_seed=7,
+    )
+    assert set(df["probe"]) == {"residual_norms", "layer_ablation"}
+    assert sorted(df["step"].unique()) == [0, 4, 6]
+    assert df["final_val_loss"].notna().all() and not df["diverged"].any()
+    batch = _val_batch(corpus, 3, 8, 7)
+    for step in (0, 4, 6):
+        with sweeps._one_thread():
+            model = build_model(seed=1, vocab_size=corpus.vocab_size, **model_kwargs)
+            if step:
+                train(model, corpus, seed=1, **{**train_kwargs, "steps": step})
+        want = residual_norms(model, batch)
+        got = df[(df.probe == "residual_norms") & (df.step == step)]
+        assert got["rms"].tolist() == pytest.approx(want["rms"].tolist(), rel=1e-6)
+        want = layer_ablation(model, batch)
+        got = df[(df.probe == "layer_ablation") & (df.step == step)]
+        assert got["loss_increase"].tolist() == pytest.approx(
+            want["loss_increase"].tolist(), rel=1e-5, abs=1e-6
+        )
+
+
+def test_probes_stop_where_a_run_diverges_and_bad_probes_are_refused(corpus):
+    # Fails if a diverged run is probed past its last step, or loses its row, or if a
+    # probe that a worker cannot import by name is accepted.
+    from prenorm import residual_norms
+
+    kw = dict(
+        model_kwargs=dict(d_model=16, n_heads=2, seq_len=8, n_layers=1, placement="post"),
+        train_kwargs=dict(steps=20, optimizer="sgd", device="cpu", batch_size=2),
+        progress=False,
+        workers=1,
+    )
+    df = sweep(corpus, {"lr": [1e-3, 50.0]}, probes=[residual_norms], probe_at=[0, 20], **kw)
+    ok, blown = df[df.lr == 1e-3], df[df.lr == 50.0]
+    assert sorted(ok["step"].unique()) == [0, 20]
+    assert blown["diverged"].all() and blown["step"].max() < 20
+    with pytest.raises(ValueError, match="module-level functions"):
+        sweep(corpus, {"lr": [1e-3]}, probes=[lambda m, b: None], **kw)
+    with pytest.raises(ValueError, match=r"probe_at steps \[21\] lie outside 0..20"):
+        sweep(corpus, {"lr": [1e-3]}, probes=[residual_norms], probe_at=[21], **kw)
+    with pytest.raises(ValueError, match="either history=True or probes"):
+        sweep(corpus, {"lr": [1e-3]}, probes=[residual_norms], history=True, **kw)
+    with pytest.raises(ValueError, match="probe_at is given but probes is not"):
+        sweep(corpus, {"lr": [1e-3]}, probe_at=[0], **kw)
