@@ -68,6 +68,7 @@ from .plotting import (
 )
 from .probes import (
     activation_outliers,
+    batch_loss,
     branch_ratios,
     end_to_end_gains,
     end_to_end_spectral_norms,
@@ -136,6 +137,7 @@ __all__ = [
     "TransformerLM",
     "UnknownNameError",
     "activation_outliers",
+    "batch_loss",
     "amp_dtype",
     "book",
     "block_jacobian",

@@ -75,7 +75,10 @@ class Scale:
     Xiong et al. theory setting, whose lemmas bound expectations over weight draws, so it
     takes more seeds; ``spectral_iters``: power-iteration steps; ``train_*``: the
     training experiments; ``demo_*``: the book's opening comparison of Post-LN and
-    Pre-LN trained side by side.
+    Pre-LN trained side by side; ``stack_depth`` and ``wide_lrs``: part 3's comparisons
+    of the designs after Pre-LN, one depth (at least 4, so that Mix-LN has a Post-LN
+    layer) and a learning-rate range wide enough to find each design's best and its
+    failures, in the style of Wortsman et al. 2023.
     """
 
     name: str
@@ -99,6 +102,8 @@ class Scale:
     demo_depth: int
     demo_steps: int
     demo_batch_size: int
+    stack_depth: int
+    wide_lrs: tuple[float, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -136,6 +141,8 @@ PRESETS: Registry[Scale] = Registry(
             demo_depth=2,
             demo_steps=30,
             demo_batch_size=4,
+            stack_depth=4,
+            wide_lrs=(1e-3, 1e-2),
         ),
         "cpu": Scale(
             name="cpu",
@@ -159,6 +166,8 @@ PRESETS: Registry[Scale] = Registry(
             demo_depth=12,
             demo_steps=300,
             demo_batch_size=16,
+            stack_depth=8,
+            wide_lrs=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
         ),
         "gpu": Scale(
             name="gpu",
@@ -182,6 +191,8 @@ PRESETS: Registry[Scale] = Registry(
             demo_depth=12,
             demo_steps=1500,
             demo_batch_size=64,
+            stack_depth=24,
+            wide_lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         ),
     },
 )

@@ -562,6 +562,19 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
     return pd.DataFrame([row]).assign(**model.describe())
 
 
+def batch_loss(model: TransformerLM, batch: Batch) -> pd.DataFrame:
+    r"""The model's loss on ``batch``: the mean cross-entropy of the next token,
+    :math:`-\frac{1}{BT}\sum_{b,t}\log p(y_{b,t} \mid x_{b,\le t})` in nats per token,
+    evaluated without gradients in fp32. With :func:`~prenorm.sweep`'s ``probes`` it gives
+    a learning curve on one fixed batch. One row: ``loss``, plus the model's
+    :meth:`~prenorm.TransformerLM.describe` columns.
+    """
+    x0, y = _stream_input(model, batch)
+    with torch.no_grad():
+        loss = _loss(model, model.residual_stream(x0)[-1], y).item()
+    return pd.DataFrame([{"loss": loss}]).assign(**model.describe())
+
+
 def layer_ablation(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     r"""How much each layer contributes: the loss increase when block ``l`` is
     skipped (:math:`x_{l+1} := x_l`) and every other block runs as usual.

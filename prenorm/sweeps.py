@@ -518,6 +518,7 @@ def sweep(
     probes: Sequence[Callable[..., pd.DataFrame]] | None = None,
     probe_at: Sequence[int] | None = None,
     probe_seed: int = 0,
+    probe_batch_size: int | None = None,
 ) -> pd.DataFrame:
     """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
 
@@ -534,8 +535,8 @@ def sweep(
     ``probe(model, batch) -> DataFrame``, such as :func:`~prenorm.residual_norms` or
     :func:`~prenorm.layer_ablation`), every run also calls each probe at the steps in
     ``probe_at`` (0 is the initialization, ``steps`` the trained model; default: those
-    two), on one validation batch of ``train_kwargs["batch_size"]`` sequences drawn with seed
-    ``probe_seed``, the same batch for every run. The result then has one row per probe
+    two), on one validation batch of ``probe_batch_size`` sequences (default: the
+    training ``batch_size``) drawn with seed ``probe_seed``, the same batch for every run. The result then has one row per probe
     row: the probe's columns, ``step``, ``probe`` (the function's name) and the run's
     configuration and outcome (``final_val_loss``, ``diverged``, ...), so one sweep gives
     both the loss of every run and what happened inside it. A run that diverges is
@@ -606,7 +607,7 @@ def sweep(
             "fns": [_probe_ref(fn) for fn in probes],
             "at": at,
             "seed": int(probe_seed),
-            "batch_size": int(tk["batch_size"]),
+            "batch_size": int(probe_batch_size or tk["batch_size"]),
         }
     elif probe_at is not None:
         raise ValueError("probe_at is given but probes is not")

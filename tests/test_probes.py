@@ -381,3 +381,16 @@ def test_every_probe_runs_on_a_dyt_model(placement):
         sg = P.step_gradients(m, batch)
         assert (sg["sigma"] - 4.0).abs().max() < 1e-6
         assert P.skip_path(m, batch)["step_distance"].gt(0).all()  # a diagonal, not I
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "rezero"])
+def test_batch_loss_is_the_models_own_loss(placement):
+    # Fails if the probe scores the wrong positions, skips the final norm or the head,
+    # or averages differently from the model's forward pass.
+    m = _model(placement)
+    x, y = _batch()
+    df = P.batch_loss(m, (x, y))
+    assert len(df) == 1 and df.loc[0, "placement"] == placement
+    assert df.loc[0, "loss"] == pytest.approx(m(x, y)[1].item(), rel=1e-6)
+    y2 = y.roll(1, dims=1)
+    assert P.batch_loss(m, (x, y2)).loc[0, "loss"] != pytest.approx(df.loc[0, "loss"])

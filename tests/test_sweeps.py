@@ -220,7 +220,7 @@ def _val_batch(corpus, batch_size, seq_len, seed):
 def test_probes_during_training_match_the_probe_on_a_model_trained_that_far(corpus):
     # Fails if a probe runs at the wrong step (off by one: before or after the optimizer
     # step), on a different batch than documented, or its rows lose the run they belong to.
-    from prenorm import build_model, layer_ablation, residual_norms, train
+    from prenorm import batch_loss, build_model, layer_ablation, residual_norms, train
 
     model_kwargs = dict(d_model=16, n_heads=2, seq_len=8, n_layers=2, placement="pre")
     train_kwargs = dict(steps=6, batch_size=3, lr=3e-3, device="cpu")
@@ -231,14 +231,15 @@ def test_probes_during_training_match_the_probe_on_a_model_trained_that_far(corp
         train_kwargs,
         progress=False,
         workers=1,
-        probes=[residual_norms, layer_ablation],
+        probes=[residual_norms, layer_ablation, batch_loss],
         probe_at=[0, 4, 6],
         probe_seed=7,
+        probe_batch_size=5,
     )
-    assert set(df["probe"]) == {"residual_norms", "layer_ablation"}
+    assert set(df["probe"]) == {"residual_norms", "layer_ablation", "batch_loss"}
     assert sorted(df["step"].unique()) == [0, 4, 6]
     assert df["final_val_loss"].notna().all() and not df["diverged"].any()
-    batch = _val_batch(corpus, 3, 8, 7)
+    batch = _val_batch(corpus, 5, 8, 7)
     for step in (0, 4, 6):
         with sweeps._one_thread():
             model = build_model(seed=1, vocab_size=corpus.vocab_size, **model_kwargs)
@@ -252,6 +253,8 @@ def test_probes_during_training_match_the_probe_on_a_model_trained_that_far(corp
         assert got["loss_increase"].tolist() == pytest.approx(
             want["loss_increase"].tolist(), rel=1e-5, abs=1e-6
         )
+        got = df[(df.probe == "batch_loss") & (df.step == step)]["loss"]
+        assert got.tolist() == pytest.approx([model(*batch)[1].item()], rel=1e-6)
 
 
 def test_probes_stop_where_a_run_diverges_and_bad_probes_are_refused(corpus):
