@@ -62,11 +62,18 @@ Job = dict[str, Any]
 Outcome = dict[str, Any]
 
 
-def grid_points(
-    grid: Mapping[str, Sequence[object]], valid: Sequence[str]
-) -> list[dict[str, object]]:
+Grid = Mapping[str, Sequence[object]]
+
+
+def grid_points(grid: Grid | Sequence[Grid], valid: Sequence[str]) -> list[dict[str, object]]:
     """Every point of the Cartesian product of ``grid`` (name -> list of values), in
-    order, as dicts. Names must be in ``valid`` or be ``"seed"``."""
+    order, as dicts. Names must be in ``valid`` or be ``"seed"``. A list of grids gives
+    the points of each in turn (a union of products, for designs that differ in which
+    arguments they take)."""
+    if not isinstance(grid, Mapping):
+        if isinstance(grid, str | bytes) or not all(isinstance(g, Mapping) for g in grid):
+            raise ValueError(f"grid must be a mapping or a list of mappings, got {grid!r}")
+        return [p for g in grid for p in grid_points(g, valid)]
     allowed = set(valid) | {"seed"}
     unknown = sorted(set(grid) - allowed)
     if unknown:
@@ -507,7 +514,7 @@ def _rows(
 
 def sweep(
     data: Corpus,
-    grid: Mapping[str, Sequence[object]],
+    grid: Grid | Sequence[Grid],
     model_kwargs: Mapping[str, object] | None = None,
     train_kwargs: Mapping[str, object] | None = None,
     history: bool = False,
@@ -522,7 +529,8 @@ def sweep(
 ) -> pd.DataFrame:
     """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
 
-    ``grid`` maps names to lists of values. A name may be any argument of
+    ``grid`` maps names to lists of values (or is a list of such grids: their points
+    run together, in one pool of workers). A name may be any argument of
     :class:`~prenorm.TransformerLM` (``placement``, ``n_layers``, ``norm``, ``init``,
     ...), any argument of :func:`~prenorm.train` (``lr``, ``warmup_steps``, ``clip``,
     ...), or ``seed``, which seeds both the initialization and the batches. Fixed
@@ -597,10 +605,10 @@ def sweep(
         if not probes:
             raise ValueError("probes must name at least one probe function")
         tk = {"batch_size": 16, **(train_kwargs or {})}
-        steps = [tk.get("steps")] if "steps" not in grid else list(grid["steps"])
+        steps = sorted({int(p.get("steps", tk.get("steps") or 0)) for p in points})
         at = sorted({int(a) for a in probe_at}) if probe_at is not None else None
         if at is None:
-            if len(steps) != 1 or steps[0] is None:
+            if len(steps) != 1 or not steps[0]:
                 raise ValueError("give probe_at when the runs differ in steps")
             at = [0, int(steps[0])]
         spec = {

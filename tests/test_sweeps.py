@@ -280,3 +280,19 @@ def test_probes_stop_where_a_run_diverges_and_bad_probes_are_refused(corpus):
         sweep(corpus, {"lr": [1e-3]}, probes=[residual_norms], history=True, **kw)
     with pytest.raises(ValueError, match="probe_at is given but probes is not"):
         sweep(corpus, {"lr": [1e-3]}, probe_at=[0], **kw)
+
+
+def test_a_list_of_grids_runs_their_union_in_order(corpus):
+    # Fails if a list of grids loses a point, mixes one grid's values into another's
+    # points, reorders the rows, or trains a point differently from a sweep of its own.
+    grids = [{"placement": ["pre"], "qk_norm": [False, True]}, {"placement": ["rezero"]}]
+    both = sweep(corpus, grids, train_kwargs=TRAIN, workers=1, **TINY)
+    apart = pd.concat(
+        [sweep(corpus, g, train_kwargs=TRAIN, workers=1, **TINY) for g in grids],
+        ignore_index=True,
+    )
+    assert both["placement"].tolist() == ["pre", "pre", "rezero"]
+    assert both["qk_norm"].tolist()[:2] == [False, True]
+    same_numbers(both[apart.columns], apart)
+    with pytest.raises(ValueError, match="list of mappings"):
+        sweep(corpus, ["pre"], train_kwargs=TRAIN, **TINY)
