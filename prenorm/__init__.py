@@ -91,6 +91,7 @@ from .training import (
     TrainResult,
     evaluate,
     lr_at,
+    lr_sensitivity,
     outcome,
     train,
 )
@@ -174,6 +175,7 @@ __all__ = [
     "norm_module",
     "one_legend",
     "outcome",
+    "lr_sensitivity",
     "palette",
     "param_grad_norms",
     "plot_grid",

@@ -160,3 +160,17 @@ def test_val_seed_fixes_the_validation_set_across_training_seeds(corpus):
     d = train(_tiny(corpus, seed=1), corpus, seed=4, **kw)
     assert a.final_val_loss == b.final_val_loss != c.final_val_loss
     assert a.history.train_loss.tolist() == d.history.train_loss.tolist()  # training untouched
+
+
+def test_lr_sensitivity_caps_failures_and_is_zero_for_a_flat_curve():
+    # Fails if a diverged run (NaN or inf) is dropped instead of counted at the cap, if
+    # the cap is not applied to a loss above it, or if the best loss is not subtracted.
+    from prenorm import lr_sensitivity
+
+    assert lr_sensitivity([2.0, 2.0, 2.0], cap=4.0) == 0.0
+    assert lr_sensitivity([2.0, 3.0, float("nan")], cap=4.0) == pytest.approx((0 + 1 + 2) / 3)
+    assert lr_sensitivity([2.0, 9.0, float("inf")], cap=4.0) == pytest.approx((0 + 2 + 2) / 3)
+    with pytest.raises(ValueError, match="at least one"):
+        lr_sensitivity([], cap=4.0)
+    with pytest.raises(ValueError, match="cap must be a finite loss, got nan"):
+        lr_sensitivity([2.0], cap=float("nan"))
