@@ -70,6 +70,29 @@ CLAIMS: Registry[Claim] = Registry(
         ("C12", "RMSNorm is about 15% faster than LayerNorm", "07_rmsnorm"),
         ("C13", "RMSNorm loses no measurable quality", "07_rmsnorm"),
         ("C14", "Optimizer tuning matters more than the choice of norm", "08_coda"),
+        (
+            "C15",
+            "Peri-LN (a norm on each sublayer's output too) stops the residual growth of Pre-LN",
+            "09_after_pre_ln",
+        ),
+        (
+            "C16",
+            "OLMo 2's reordered norm is less sensitive to the learning rate than Pre-LN",
+            "09_after_pre_ln",
+        ),
+        ("C17", "In a Pre-LN stack the deeper layers contribute little", "09_after_pre_ln"),
+        (
+            "C18",
+            "LayerNorm Scaling and Mix-LN make the deeper layers contribute more",
+            "09_after_pre_ln",
+        ),
+        ("C19", "ReZero, with no norm at all, converges faster than Pre-LN", "10_without_a_norm"),
+        ("C20", "DyT matches LayerNorm, mostly without tuning", "10_without_a_norm"),
+        (
+            "C21",
+            "QK-norm stops attention logits from growing at high learning rates",
+            "10_without_a_norm",
+        ),
     ),
 )
 
