@@ -200,7 +200,9 @@ def outcome(result: TrainResult | pd.DataFrame, entropy: float, margin: float) -
     return _classify(result.diverged, result.final_val_loss, entropy, margin)
 
 
-def lr_sensitivity(losses: Sequence[float], cap: float) -> float:
+def lr_sensitivity(
+    losses: Sequence[float], cap: float, diverged: Sequence[bool] | None = None
+) -> float:
     r"""How much a design loses, on average, by not having its best learning rate:
 
     .. math:: S = \frac{1}{n}\sum_{i=1}^{n} \min(\ell_i, c) - \min_i \ell_i,
@@ -208,7 +210,10 @@ def lr_sensitivity(losses: Sequence[float], cap: float) -> float:
     over the final losses :math:`\ell_i` of one design at the :math:`n` learning rates of
     a log-spaced range, each capped at ``cap`` :math:`c` (the loss of a uniform guess,
     :math:`\ln V`, say), so that a run that diverged or ended worse than the cap counts
-    as :math:`c`. A diverged run's loss is given as NaN or infinity. Wortsman et al. 2023
+    as :math:`c`. A diverged run counts as :math:`c` whatever its last loss: mark it in
+    ``diverged`` (one flag per loss, e.g. a sweep's ``diverged`` column; its
+    ``final_val_loss`` is the last loss measured *before* the run blew up) or give its
+    loss as NaN or infinity. Wortsman et al. 2023
     (arXiv:2309.14322) summarise a loss-against-learning-rate curve this way: 0 for a
     design whose loss does not depend on the learning rate, larger the narrower its
     good range. The value depends on the range, so compare designs on one range only.
@@ -218,7 +223,12 @@ def lr_sensitivity(losses: Sequence[float], cap: float) -> float:
         raise ValueError("lr_sensitivity needs the losses of at least one learning rate")
     if not math.isfinite(cap):
         raise ValueError(f"cap must be a finite loss, got {cap}")
-    capped = [min(v, cap) if math.isfinite(v) else cap for v in vals]
+    flags = [False] * len(vals) if diverged is None else [bool(d) for d in diverged]
+    if len(flags) != len(vals):
+        raise ValueError(f"diverged has {len(flags)} flags for {len(vals)} losses")
+    capped = [
+        cap if d or not math.isfinite(v) else min(v, cap) for v, d in zip(vals, flags, strict=True)
+    ]
     return sum(capped) / len(capped) - min(capped)
 
 

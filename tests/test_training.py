@@ -170,6 +170,10 @@ def test_lr_sensitivity_caps_failures_and_is_zero_for_a_flat_curve():
     assert lr_sensitivity([2.0, 2.0, 2.0], cap=4.0) == 0.0
     assert lr_sensitivity([2.0, 3.0, float("nan")], cap=4.0) == pytest.approx((0 + 1 + 2) / 3)
     assert lr_sensitivity([2.0, 9.0, float("inf")], cap=4.0) == pytest.approx((0 + 2 + 2) / 3)
+    # a diverged run's last finite loss (2.5 here) must not count: it is capped
+    assert lr_sensitivity([2.0, 2.5], cap=4.0, diverged=[False, True]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 flags for 3 losses"):
+        lr_sensitivity([2.0, 2.5, 3.0], cap=4.0, diverged=[False, True])
     with pytest.raises(ValueError, match="at least one"):
         lr_sensitivity([], cap=4.0)
     with pytest.raises(ValueError, match="cap must be a finite loss, got nan"):
