@@ -13,7 +13,7 @@ memory-bandwidth bound (:mod:`prenorm.benchmark`); the claims ledger the chapter
 and the landing page reads (:mod:`prenorm.ledger`); and the one-line chapter setup (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
 """
 
-from . import book, ledger
+from . import ledger
 from .benchmark import (
     IMPLEMENTATIONS,
     Implementation,
@@ -49,23 +49,6 @@ from .norms import (
     make_norm,
     rmsnorm_jacobian,
 )
-from .plotting import (
-    INIT_COLORS,
-    NORM_COLORS,
-    PLACEMENT_COLORS,
-    PLACEMENT_LABELS,
-    TEXT_WIDTH,
-    depth_axis,
-    draw_placements,
-    glue,
-    label_placements,
-    one_legend,
-    palette,
-    plot_grid,
-    plot_loss_curves,
-    plot_per_layer,
-    set_style,
-)
 from .probes import (
     activation_outliers,
     batch_loss,
@@ -96,6 +79,26 @@ from .training import (
     train,
 )
 from .verdicts import COMPARISONS, VERDICTS, Prediction, compare, direction, failed, verdict
+
+# Plotting (matplotlib, seaborn) is imported on first use, not here: sweep workers import
+# prenorm to train and never plot, and each would pay about a second for it.
+_LAZY_PLOTTING = (
+    "INIT_COLORS",
+    "NORM_COLORS",
+    "PLACEMENT_COLORS",
+    "PLACEMENT_LABELS",
+    "TEXT_WIDTH",
+    "depth_axis",
+    "draw_placements",
+    "glue",
+    "label_placements",
+    "one_legend",
+    "palette",
+    "plot_grid",
+    "plot_loss_curves",
+    "plot_per_layer",
+    "set_style",
+)
 
 __version__ = "0.1.0"
 
@@ -197,3 +200,15 @@ __all__ = [
     "update_sensitivity",
     "verdict",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import :mod:`prenorm.plotting` and :mod:`prenorm.book` (which uses it) on first
+    use, so that ``import prenorm`` does not load matplotlib."""
+    import importlib
+
+    if name in _LAZY_PLOTTING:
+        return getattr(importlib.import_module(".plotting", __name__), name)
+    if name in ("book", "plotting"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -296,3 +296,15 @@ def test_a_list_of_grids_runs_their_union_in_order(corpus):
     same_numbers(both[apart.columns], apart)
     with pytest.raises(ValueError, match="list of mappings"):
         sweep(corpus, ["pre"], train_kwargs=TRAIN, **TINY)
+
+
+def test_importing_prenorm_does_not_load_matplotlib():
+    # Fails if a module that every sweep worker imports pulls in matplotlib or seaborn
+    # (about a second per worker), or if the lazy names stop resolving.
+    import subprocess
+
+    code = (
+        "import sys, prenorm as P; assert 'matplotlib' not in sys.modules, 'loaded'; "
+        "P.TEXT_WIDTH; P.book.setup; assert 'matplotlib' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
