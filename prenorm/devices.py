@@ -167,7 +167,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_steps=300,
             demo_batch_size=16,
             stack_depth=8,
-            wide_lrs=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+            wide_lrs=(3e-4, 1.5e-3, 6e-3, 3e-2),
         ),
         "gpu": Scale(
             name="gpu",

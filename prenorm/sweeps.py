@@ -176,11 +176,11 @@ def _probe_callback(
     dev = next(model.parameters()).device
     batch = data.batch("val", spec["batch_size"], model.seq_len, gen, device=dev)
     fns = {ref: _resolve_probe(ref) for ref in spec["fns"]}
-    at = set(spec["at"])
+    when = {ref: set(spec.get("when", {}).get(ref, spec["at"])) for ref in spec["fns"]}
 
     def callback(step: int, m: TransformerLM) -> None:
-        if step in at:
-            for ref, fn in fns.items():
+        for ref, fn in fns.items():
+            if step in when[ref]:
                 rows = fn(m, batch).to_dict(orient="records")
                 name = ref.rpartition(":")[2]
                 found.extend({**row, "step": step, "probe": name} for row in rows)
@@ -522,7 +522,9 @@ def sweep(
     workers: int | None = None,
     backend: str | None = None,
     cache: str | os.PathLike[str] | None = None,
-    probes: Sequence[Callable[..., pd.DataFrame]] | None = None,
+    probes: Sequence[Callable[..., pd.DataFrame]]
+    | Mapping[Callable[..., pd.DataFrame], Sequence[int]]
+    | None = None,
     probe_at: Sequence[int] | None = None,
     probe_seed: int = 0,
     probe_batch_size: int | None = None,
@@ -549,6 +551,9 @@ def sweep(
     configuration and outcome (``final_val_loss``, ``diverged``, ...), so one sweep gives
     both the loss of every run and what happened inside it. A run that diverges is
     probed up to the step where it stopped. ``history`` cannot be combined with it.
+    ``probes`` may also map each probe to its own steps (``{residual_norms: [0, 100, 200],
+    layer_ablation: [200]}``), for a probe that costs more than the others; then
+    ``probe_at`` is not given.
 
     **Where the runs happen.** ``backend`` is a key of :data:`BACKENDS`. By default
     (``None``) the runs go to ``workers`` spawned processes on this machine
@@ -606,7 +611,14 @@ def sweep(
             raise ValueError("probes must name at least one probe function")
         tk = {"batch_size": 16, **(train_kwargs or {})}
         steps = sorted({int(p.get("steps", tk.get("steps") or 0)) for p in points})
-        at = sorted({int(a) for a in probe_at}) if probe_at is not None else None
+        when: dict[str, list[int]] = {}
+        if isinstance(probes, Mapping):  # each probe at its own steps
+            if probe_at is not None:
+                raise ValueError("give the steps in the probes mapping or in probe_at, not both")
+            when = {_probe_ref(fn): sorted({int(a) for a in at}) for fn, at in probes.items()}
+            at = sorted({a for steps_ in when.values() for a in steps_})
+        else:
+            at = sorted({int(a) for a in probe_at}) if probe_at is not None else None
         if at is None:
             if len(steps) != 1 or not steps[0]:
                 raise ValueError("give probe_at when the runs differ in steps")
@@ -614,6 +626,7 @@ def sweep(
         spec = {
             "fns": [_probe_ref(fn) for fn in probes],
             "at": at,
+            **({"when": when} if when else {}),
             "seed": int(probe_seed),
             "batch_size": int(probe_batch_size or tk["batch_size"]),
         }

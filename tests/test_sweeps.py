@@ -308,3 +308,21 @@ def test_importing_prenorm_does_not_load_matplotlib():
         "P.TEXT_WIDTH; P.book.setup; assert 'matplotlib' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_each_probe_can_run_at_its_own_steps(corpus):
+    # Fails if a probe given its own steps runs at another probe's steps (or not at all),
+    # or if steps are accepted both in the mapping and in probe_at.
+    from prenorm import batch_loss, layer_ablation
+
+    kw = dict(
+        model_kwargs=dict(d_model=16, n_heads=2, seq_len=8, n_layers=2),
+        train_kwargs=dict(steps=6, batch_size=2, lr=1e-3, device="cpu"),
+        progress=False,
+        workers=1,
+    )
+    df = sweep(corpus, {"seed": [0]}, probes={batch_loss: [0, 3, 6], layer_ablation: [6]}, **kw)
+    steps = df.groupby("probe").step.unique().map(sorted).to_dict()
+    assert steps == {"batch_loss": [0, 3, 6], "layer_ablation": [6]}
+    with pytest.raises(ValueError, match="not both"):
+        sweep(corpus, {"seed": [0]}, probes={batch_loss: [0]}, probe_at=[0], **kw)
