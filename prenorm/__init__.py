@@ -96,6 +96,7 @@ _LAZY_PLOTTING = (
     "palette",
     "plot_grid",
     "plot_loss_curves",
+    "plot_loss_vs_lr",
     "plot_per_layer",
     "set_style",
 )
@@ -183,6 +184,7 @@ __all__ = [
     "param_grad_norms",
     "plot_grid",
     "plot_loss_curves",
+    "plot_loss_vs_lr",
     "plot_per_layer",
     "probe_sweep",
     "residual_norms",

@@ -238,6 +238,53 @@ def plot_loss_curves(
     return ax
 
 
+def plot_loss_vs_lr(
+    runs: pd.DataFrame,
+    hue: str,
+    colors: dict[object, str],
+    ax: Axes | None = None,
+    labels: dict[object, str] | None = None,
+    markers: dict[object, str] | None = None,
+    entropy: float | None = None,
+) -> Axes:
+    """Final validation loss against the learning rate (log axis), one line per level of
+    ``hue`` in the order of ``colors``: Wortsman et al. 2023's view of a design's
+    sensitivity to the learning rate. ``runs`` has one row per run with ``lr``,
+    ``final_val_loss`` and ``diverged``. A diverged run has no loss to draw (its
+    ``final_val_loss`` is the last one before it blew up); it is a cross just above the
+    frame at its learning rate instead. ``entropy`` draws the unigram entropy as a
+    dashed line."""
+    ax = ax or plt.gca()
+    for level, color in colors.items():
+        g = runs[runs[hue] == level].sort_values("lr")
+        ok = g[~g["diverged"].astype(bool)]
+        ax.plot(
+            ok["lr"],
+            ok["final_val_loss"],
+            marker=(markers or {}).get(level, "o"),
+            color=color,
+            lw=1.6,
+            label=(labels or {}).get(level, str(level)),
+        )
+        for v in g[g["diverged"].astype(bool)]["lr"]:
+            ax.plot(
+                [v],
+                [1.03],
+                "x",
+                color=color,
+                ms=10,
+                mew=2,
+                clip_on=False,
+                transform=ax.get_xaxis_transform(),
+            )
+    if entropy is not None:
+        ax.axhline(entropy, ls="--", color="0.4", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation loss (nats/char)")
+    return ax
+
+
 def plot_grid(
     runs: pd.DataFrame,
     value: str = "final_train_loss",

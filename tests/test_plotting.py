@@ -167,3 +167,25 @@ def test_log_axis_over_about_a_decade_prints_plain_numbers():
     assert labels and all("10^" not in t and "times" not in t for t in labels), labels
     assert {"1", "2", "5"} <= set(labels)
     plt.close(fig)
+
+
+def test_loss_vs_lr_draws_finished_runs_and_crosses_for_diverged_ones():
+    # Fails if a diverged run's last (pre-blow-up) loss is drawn as a point on its curve,
+    # if its cross is missing, or if a design's line is drawn in another design's colour.
+    runs = pd.DataFrame(
+        {
+            "design": ["a", "a", "a", "b", "b", "b"],
+            "lr": [1e-3, 1e-2, 1e-1] * 2,
+            "final_val_loss": [2.5, 2.4, 2.0, 3.0, 2.9, 2.8],
+            "diverged": [False, False, True, False, False, False],
+        }
+    )
+    fig, ax = plt.subplots()
+    P.plot_loss_vs_lr(runs, "design", {"a": "#ff0000", "b": "#0000ff"}, ax=ax, entropy=3.2)
+    lines = [ln for ln in ax.get_lines() if ln.get_marker() not in ("x", "None")]
+    by_color = {to_hex(ln.get_color()): list(ln.get_ydata()) for ln in lines}
+    assert by_color["#ff0000"] == [2.5, 2.4] and by_color["#0000ff"] == [3.0, 2.9, 2.8]
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and crosses[0].get_xdata()[0] == 1e-1
+    assert ax.get_xscale() == "log"
+    plt.close(fig)
