@@ -75,6 +75,7 @@ from .training import (
     evaluate,
     lr_at,
     lr_sensitivity,
+    lr_summary,
     outcome,
     train,
 )
@@ -180,6 +181,7 @@ __all__ = [
     "one_legend",
     "outcome",
     "lr_sensitivity",
+    "lr_summary",
     "palette",
     "param_grad_norms",
     "plot_grid",

@@ -178,3 +178,26 @@ def test_lr_sensitivity_caps_failures_and_is_zero_for_a_flat_curve():
         lr_sensitivity([], cap=4.0)
     with pytest.raises(ValueError, match="cap must be a finite loss, got nan"):
         lr_sensitivity([2.0], cap=float("nan"))
+
+
+def test_lr_summary_takes_the_best_finished_run_and_caps_diverged_ones():
+    # Fails if a diverged run's last loss is taken as a design's best, if the best learning
+    # rate is not the one of the best loss, or if the sensitivity ignores the divergence.
+    import numpy as np
+    import pandas as pd
+
+    from prenorm import lr_summary
+
+    runs = pd.DataFrame(
+        {
+            "design": ["a", "a", "a", "b", "b"],
+            "lr": [1e-2, 1e-3, 1e-1, 1e-3, 1e-2],
+            "final_val_loss": [2.2, 2.5, 1.0, 3.0, 2.9],
+            "diverged": [False, False, True, True, True],
+        }
+    )
+    table = lr_summary(runs, "design", cap=4.0)
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "best_loss"] == 2.2 and table.loc["a", "best_lr"] == 1e-2
+    assert table.loc["a", "sensitivity"] == pytest.approx((2.5 + 2.2 + 4.0) / 3 - 2.2)
+    assert np.isnan(table.loc["b", "best_loss"]) and table.loc["b", "sensitivity"] == 0.0
