@@ -68,6 +68,8 @@ from .probes import (
 from .registry import Registry, UnknownNameError
 from .sweeps import BACKENDS, grid_points, probe_sweep, sweep
 from .training import (
+    AMP_DTYPES,
+    MIN_LOSS_SCALE,
     OPTIMIZERS,
     OUTCOMES,
     SCHEDULES,
@@ -77,6 +79,7 @@ from .training import (
     lr_sensitivity,
     lr_summary,
     outcome,
+    resolve_amp,
     train,
 )
 from .verdicts import COMPARISONS, VERDICTS, Prediction, compare, direction, failed, verdict
@@ -174,6 +177,9 @@ __all__ = [
     "layernorm_welford",
     "load_corpus",
     "lr_at",
+    "AMP_DTYPES",
+    "MIN_LOSS_SCALE",
+    "resolve_amp",
     "make_norm",
     "max_attention_logits",
     "norm_input_scales",

@@ -3,8 +3,9 @@ r"""Training helpers: schedules, optimizers, and one seeded training run.
 The learning rate at step :math:`t` (counting from 0) is
 :math:`\eta_t = \eta \cdot w_t \cdot s_t`, with the linear warmup
 :math:`w_t = \min(1, (t+1)/T_w)` and the decay :math:`s_t` of the named schedule.
-A run whose loss or gradient norm stops being finite, or whose loss exceeds
-``explode_factor`` times its first loss, stops and is recorded as diverged.
+A run whose loss stops being finite, or exceeds ``explode_factor`` times its first
+loss, stops and is recorded as diverged; so does a run whose gradient stops being
+finite, except where an fp16 gradient scaler can absorb it (see :func:`train`).
 
 The GPU helpers cost nothing on a CPU: mixed precision is chosen per device
 (:func:`~prenorm.amp_dtype`: bf16 or fp16 autocast on CUDA, fp32 elsewhere),
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,13 +123,19 @@ class TrainResult:
     """Outcome of :func:`train`.
 
     ``history`` has one row per completed step: ``step``, ``lr``, ``train_loss``,
-    ``grad_norm`` (before clipping), ``val_loss`` (filled at evaluation steps,
-    missing elsewhere) and ``tokens_per_s`` (training tokens of the step over its wall
+    ``grad_norm`` (before clipping; missing at a skipped step), ``val_loss`` (filled at
+    evaluation steps, missing elsewhere), ``skipped`` (the fp16 gradient scaler skipped
+    the step: its gradients overflowed) and ``tokens_per_s`` (training tokens of the step over its wall
     time, evaluation excluded; a wall-clock figure, so it differs between two runs
     that agree in every other column). ``diverged_at`` is the step at which a
     diverging run was stopped; the non-finite values themselves are never stored.
     ``seconds`` is the whole run's wall time; ``peak_memory_mb`` the most GPU memory
-    its tensors held (``torch.cuda.max_memory_allocated``), ``None`` off CUDA.
+    its tensors held (``torch.cuda.max_memory_allocated``), ``None`` off CUDA;
+    ``skipped_steps`` how many steps the fp16 gradient scaler skipped (0 without one).
+    ``config`` holds every argument needed to train the run again: the model's
+    :meth:`~prenorm.TransformerLM.describe` and the training arguments (``amp`` as the
+    precision used, ``"fp32"``, ``"bf16"`` or ``"fp16"``; Adam's ``betas`` as ``beta1`` and
+    ``beta2``).
     """
 
     history: pd.DataFrame
@@ -136,6 +144,7 @@ class TrainResult:
     seconds: float
     config: dict[str, object] = field(default_factory=dict)
     peak_memory_mb: float | None = None
+    skipped_steps: int = 0
 
     @property
     def final_train_loss(self) -> float:
@@ -160,11 +169,20 @@ class TrainResult:
             "final_val_loss": self.final_val_loss,
             "seconds": self.seconds,
             "peak_memory_mb": self.peak_memory_mb,
+            "skipped_steps": self.skipped_steps,
         }
 
 
 #: The columns of :attr:`TrainResult.history`, in order.
-HISTORY_COLUMNS = ("step", "lr", "train_loss", "grad_norm", "val_loss", "tokens_per_s")
+HISTORY_COLUMNS = (
+    "step",
+    "lr",
+    "train_loss",
+    "grad_norm",
+    "val_loss",
+    "skipped",
+    "tokens_per_s",
+)
 
 #: What became of a training run, in the words the book uses.
 OUTCOMES = ("trained", "stalled", "diverged")
@@ -217,6 +235,9 @@ def lr_sensitivity(
     (arXiv:2309.14322) summarise a loss-against-learning-rate curve this way: 0 for a
     design whose loss does not depend on the learning rate, larger the narrower its
     good range. The value depends on the range, so compare designs on one range only.
+    A design none of whose runs ends below the cap (all diverged, say) has no best
+    learning rate to lose against: its sensitivity is NaN, not the 0 of a design that
+    is good everywhere (and a NaN satisfies no :class:`~prenorm.Prediction`).
     """
     vals = [float(v) for v in losses]
     if not vals:
@@ -229,6 +250,8 @@ def lr_sensitivity(
     capped = [
         cap if d or not math.isfinite(v) else min(v, cap) for v, d in zip(vals, flags, strict=True)
     ]
+    if min(capped) >= cap:
+        return math.nan
     return sum(capped) / len(capped) - min(capped)
 
 
@@ -266,15 +289,17 @@ def evaluate(
     model: TransformerLM,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     amp: torch.dtype | None = None,
+    check: bool = True,
 ) -> float:
-    """Mean loss of ``model`` over ``batches`` (eval mode, no gradients)."""
+    """Mean loss of ``model`` over ``batches`` (eval mode, no gradients); ``check=False``
+    skips the token-range check (see :meth:`~prenorm.TransformerLM.embed`)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     losses = []
     for x, y in batches:
         with _autocast(dev, amp):
-            _, loss = model(x.to(dev), y.to(dev))
+            _, loss = model(x.to(dev), y.to(dev), check=check)
         losses.append(loss.float().item())
     model.train(was_training)
     return sum(losses) / len(losses)
@@ -330,6 +355,48 @@ def compiled(model: nn.Module, compile: bool | str) -> nn.Module:
     return torch.compile(model, backend=compile)
 
 
+#: The autocast precisions :func:`train` accepts by name for ``amp``.
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+#: The loss scale at or below which an fp16 run that still overflows is diverged: at a
+#: scale of 1 the scaled gradient is the true one, so an overflow there is the
+#: gradient's own, and no loss scale can take it back (see :func:`train`).
+MIN_LOSS_SCALE = 1.0
+
+
+def resolve_amp(amp: bool | str | None, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype :func:`train` uses: ``None``/``True`` pick per device
+    (:func:`~prenorm.amp_dtype`), ``False`` or ``"fp32"`` plain fp32, ``"bf16"`` and
+    ``"fp16"`` force that precision on any device (``"fp16"`` trains with a gradient
+    scaler, as on a T4)."""
+    if amp is None or amp is True:
+        return amp_dtype(dev)
+    if amp is False:
+        return None
+    if isinstance(amp, str) and amp in AMP_DTYPES:
+        return AMP_DTYPES[amp]
+    raise ValueError(f"amp must be None, True, False or one of {sorted(AMP_DTYPES)}, got {amp!r}")
+
+
+def _check_positive(name: str, value: object, integer: bool = False, none_ok: bool = False) -> None:
+    """Raise unless ``value`` is a positive finite number (an int if ``integer``)."""
+    if value is None and none_ok:
+        return
+    kind = "a positive integer" if integer else "a positive finite number"
+    if isinstance(value, bool):
+        ok = False
+    elif integer:
+        ok = isinstance(value, numbers.Integral) and value > 0
+    else:
+        ok = isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{name} must be {kind}{' or None' if none_ok else ''}, got {value!r}")
+
+
 def train(
     model: TransformerLM,
     data: Corpus,
@@ -343,7 +410,7 @@ def train(
     clip: float | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-    amp: bool | None = None,
+    amp: bool | str | None = None,
     batch_size: int = 16,
     eval_interval: int | None = None,
     eval_batches: int = 4,
@@ -351,12 +418,14 @@ def train(
     val_seed: int | None = None,
     callback: Callable[[int, TransformerLM], None] | None = None,
     compile: bool | str = False,
+    grad_scale: float | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``steps`` steps and return a :class:`TrainResult`.
 
     Batches are drawn from a generator seeded with ``seed`` (the model's own
     initialization is the caller's: seed before building it). ``amp=None`` picks
-    mixed precision per device (:func:`prenorm.amp_dtype`); ``False`` forces fp32.
+    mixed precision per device (:func:`prenorm.amp_dtype`); ``False`` forces fp32, and
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` force that precision (:func:`resolve_amp`).
     ``eval_interval`` defaults to ``steps // 10``; validation uses a fixed set of
     ``eval_batches`` batches, drawn with seed ``seed + 10000`` unless ``val_seed`` fixes
     them (the same validation set for every seed of a comparison, so that seed-to-seed
@@ -367,21 +436,68 @@ def train(
     ``torch.compile`` (see :func:`compiled`; evaluation and the callback use the model
     itself); it pays on a GPU for long runs, and costs a compilation (tens of seconds)
     first.
+
+    **fp16 and the gradient scaler.** In fp16 (a T4's precision) the loss is multiplied
+    by a scale before the backward pass so that small gradients do not underflow; a step
+    whose scaled gradients overflow is *skipped* by the scaler, which then halves the
+    scale (``grad_scale`` sets the first scale; torch's default is :math:`2^{16}`). A
+    skipped step is not a divergence: it is counted (``skipped`` in the history, whose
+    ``grad_norm`` is then missing; ``skipped_steps`` in the summary) and training goes
+    on. The run is diverged when its loss, which the scale does not touch, is not finite
+    or exceeds the limit, exactly as in fp32; or when a step overflows at a scale of
+    :data:`MIN_LOSS_SCALE` (1) or less, where the scaled gradient is the true one, so
+    the overflow is the gradient's own and no scaling can absorb it (in fp32 or bf16, a
+    non-finite gradient norm is a divergence at once: there is no scaler).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    _check_positive("lr", lr)
+    if (
+        not isinstance(warmup_steps, numbers.Integral)
+        or isinstance(warmup_steps, bool)
+        or warmup_steps < 0
+    ):
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    _check_positive("batch_size", batch_size, integer=True)
+    _check_positive("clip", clip, none_ok=True)
+    _check_positive("explode_factor", explode_factor)
+    _check_positive("eval_batches", eval_batches, integer=True)
+    _check_positive("eval_interval", eval_interval, integer=True, none_ok=True)
+    _check_positive("grad_scale", grad_scale, none_ok=True)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if val_seed is not None and (
+        isinstance(val_seed, bool) or not isinstance(val_seed, numbers.Integral)
+    ):
+        raise ValueError(f"val_seed must be an integer or None, got {val_seed!r}")
+    if (
+        not isinstance(betas, tuple | list)
+        or len(betas) != 2
+        or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+    if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     SCHEDULES.check(schedule)
+    OPTIMIZERS.check(optimizer)
+    if data.vocab_size > model.vocab_size:
+        raise ValueError(
+            f"the corpus has {data.vocab_size} token ids but the model's vocab_size is "
+            f"{model.vocab_size}: build the model with vocab_size=corpus.vocab_size"
+        )
     dev = torch.device(device) if device is not None else default_device()
+    dtype = resolve_amp(amp, dev)
+    if grad_scale is not None and dtype != torch.float16:
+        raise ValueError(f"grad_scale applies to fp16 training only (amp='fp16'), got amp={amp!r}")
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
     model.to(dev).train()
     step_model = compiled(model, compile)
-    dtype = amp_dtype(dev) if amp in (None, True) else None
-    scaler = torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None
+    scaler = None
+    if dtype == torch.float16:
+        scaler = torch.amp.GradScaler(
+            dev.type, **({} if grad_scale is None else {"init_scale": grad_scale})
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -393,6 +509,7 @@ def train(
     rows: list[dict[str, float]] = []
     diverged_at: int | None = None
     limit = math.inf  # explode_factor x the first loss, once it is known
+    skipped_steps = 0  # steps the fp16 gradient scaler skipped
     timer = StepTimer(dev)
     reset_peak_memory(dev)
     t0 = time.perf_counter()
@@ -414,21 +531,29 @@ def train(
             "train_loss": loss,
             "grad_norm": gnorm,
             "val_loss": math.nan,
+            "skipped": False,
         }
-        blown_up = _blown_up(loss, gnorm, limit)
+        # The loss decides, with or without a scaler; a non-finite gradient decides only
+        # where no scaler can absorb it.
+        blown_up = _blown_up(loss, gnorm if scaler is None else 0.0, limit)
         if not blown_up:
-            _optimizer_step(opt, scaler)
+            skipped, gave_up = _optimizer_step(opt, scaler)
+            if skipped:
+                skipped_steps += 1
+                row["skipped"] = True
+                row["grad_norm"] = math.nan  # it overflowed: missing, never stored as inf
+            blown_up = gave_up
         timer.stop()
         if not blown_up:
             if callback is not None:
                 callback(step + 1, model)
                 model.train()
             if (step + 1) % eval_interval == 0 or step == steps - 1:
-                val = evaluate(model, val_set, dtype)
+                val = evaluate(model, val_set, dtype, check=False)
                 blown_up = _blown_up(val, 0.0, limit)
                 row["val_loss"] = math.nan if blown_up else val
-        if math.isfinite(loss) and math.isfinite(gnorm):  # non-finite values are never stored
-            rows.append(row)
+        if math.isfinite(loss) and (row["skipped"] or math.isfinite(gnorm)):
+            rows.append(row)  # non-finite values are never stored
         if blown_up:
             diverged_at = step
             break
@@ -444,14 +569,31 @@ def train(
         "warmup_steps": warmup_steps,
         "schedule": schedule,
         "optimizer": optimizer,
+        "beta1": float(betas[0]),  # two columns, not one of pairs: tables stay flat
+        "beta2": float(betas[1]),
+        "weight_decay": weight_decay,
         "clip": clip,
         "seed": seed,
+        "val_seed": val_seed,
         "steps": steps,
+        "batch_size": batch_size,
+        "eval_interval": eval_interval,
+        "eval_batches": eval_batches,
+        "explode_factor": explode_factor,
+        "amp": _amp_name(dtype),
     }
+    if grad_scale is not None:
+        config["grad_scale"] = grad_scale
     if compile is not False:
         config["compile"] = compile
     return TrainResult(
-        history, diverged_at is not None, diverged_at, seconds, config, peak_memory_mb(dev)
+        history,
+        diverged_at is not None,
+        diverged_at,
+        seconds,
+        config,
+        peak_memory_mb(dev),
+        skipped_steps,
     )
 
 
@@ -467,7 +609,7 @@ def _backward(
 ) -> tuple[float, float]:
     """Forward, backward and clipping for one batch: returns (loss, gradient norm before clipping)."""
     with _autocast(x.device, dtype):
-        _, loss = model(x, y)
+        _, loss = model(x, y, check=False)  # the corpus was checked once, before the loop
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -478,15 +620,29 @@ def _backward(
     return loss.detach().item(), gnorm
 
 
-def _optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
+def _optimizer_step(
+    opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> tuple[bool, bool]:
+    """Take the step; return (skipped, gave up). With a scaler, a step whose gradients
+    overflowed is skipped and the scale lowered (the scale falls exactly when it skips);
+    it gives up when the step skipped was taken at a scale of :data:`MIN_LOSS_SCALE` or
+    less. Without one, nothing is skipped."""
+    if scaler is None:
         opt.step()
+        return False, False
+    scale = scaler.get_scale()
+    scaler.step(opt)
+    scaler.update()
+    skipped = scaler.get_scale() < scale
+    return skipped, skipped and scale <= MIN_LOSS_SCALE
+
+
+def _amp_name(dtype: torch.dtype | None) -> str:
+    return next(name for name, d in AMP_DTYPES.items() if d == dtype)
 
 
 def _blown_up(loss: float, gnorm: float, limit: float) -> bool:
     """A run has diverged when its loss or gradient norm is not finite, or its loss
-    exceeds ``limit`` (``explode_factor`` times the first loss)."""
+    exceeds ``limit`` (``explode_factor`` times the first loss). With an fp16 scaler the
+    gradient norm is passed as 0: an overflowing gradient is the scaler's to skip."""
     return not (math.isfinite(loss) and math.isfinite(gnorm)) or loss > limit

@@ -56,13 +56,17 @@ def test_mixed_precision_paths_train_on_cpu(corpus, monkeypatch, dtype):
 
     monkeypatch.setattr(training, "amp_dtype", lambda dev: dtype)
     monkeypatch.setattr(torch.amp, "GradScaler", recording_scaler)
-    r = train(_tiny(corpus), corpus, steps=12, lr=3e-3, batch_size=4, device="cpu")
+    model = _tiny(corpus)
+    seen = []  # the dtype the output head computes in: the autocast dtype when it is on
+    model.head.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    r = train(model, corpus, steps=12, lr=3e-3, batch_size=4, device="cpu")
     h = r.history
     assert not r.diverged and len(h) == 12
     assert h["train_loss"].tail(3).mean() < h["train_loss"].head(3).mean()
     assert scalers == ([("cpu",)] if dtype == torch.float16 else [])
-    fp32 = train(_tiny(corpus), corpus, steps=1, lr=3e-3, batch_size=4, device="cpu", amp=False)
-    assert fp32.history["train_loss"][0] != h["train_loss"][0]  # autocast was on
+    assert set(seen) == {dtype}  # autocast was on, in training and evaluation
+    # (Comparing the first loss with fp32's, as this test once did, is no test: on some
+    # CPUs fp16 autocast gives the fp32 loss to every printed digit.)
 
 
 class _FakeEvent:
