@@ -67,7 +67,7 @@ class Corpus:
     """
 
     name: str
-    text: str
+    text: str = field(repr=False)
     val_fraction: float = 0.1
     chars: list[str] = field(init=False)
     train_ids: Tensor = field(init=False, repr=False)
@@ -80,7 +80,22 @@ class Corpus:
         self._stoi = {c: i for i, c in enumerate(self.chars)}
         ids = self.encode(self.text)
         n_val = int(len(ids) * self.val_fraction)
+        if n_val < 2 or len(ids) - n_val < 2:  # a window needs an input and a target
+            raise ValueError(
+                f"a text of {len(ids)} characters is too short to split with "
+                f"val_fraction={self.val_fraction}: the train split would hold "
+                f"{len(ids) - n_val} ids and the validation split {n_val}; each needs at "
+                "least 2"
+            )
         self.train_ids, self.val_ids = ids[:-n_val], ids[-n_val:]
+
+    def __repr__(self) -> str:
+        """A summary, not the text: name, size, vocabulary and split sizes."""
+        return (
+            f"Corpus(name={self.name!r}, {len(self.text):,} characters, "
+            f"vocab_size={self.vocab_size}, train={len(self.train_ids):,} ids, "
+            f"val={len(self.val_ids):,} ids, val_fraction={self.val_fraction})"
+        )
 
     @property
     def vocab_size(self) -> int:

@@ -158,10 +158,12 @@ class TransformerLM(nn.Module):
         super().__init__()
         for name, value in (
             ("vocab_size", vocab_size),
+            ("d_model", d_model),
             ("n_layers", n_layers),
+            ("n_heads", n_heads),
             ("seq_len", seq_len),
         ):
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         INITS.check(init)
         norm_cls, _ = _norm_kwargs(norm, bias, alpha0)
@@ -242,8 +244,13 @@ class TransformerLM(nn.Module):
         INITS[init](self)
 
     # ---- forward ----------------------------------------------------------
-    def embed(self, idx: Tensor) -> Tensor:
-        """Token plus position embeddings: the residual stream entering layer 0."""
+    def embed(self, idx: Tensor, check: bool = True) -> Tensor:
+        """Token plus position embeddings: the residual stream entering layer 0.
+
+        With ``check`` (the default) token ids outside ``[0, vocab_size)`` raise a
+        ``ValueError``; the check reads the ids' range, which on a GPU waits for the
+        device, so :func:`~prenorm.train` checks its corpus once instead and passes
+        ``check=False`` in its loop."""
         if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 2:
             got = (
                 f"{idx.dtype} tensor of shape {tuple(idx.shape)}"
@@ -254,13 +261,17 @@ class TransformerLM(nn.Module):
         T = idx.shape[1]
         if T > self.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len={self.seq_len}")
+        if check:
+            self._check_tokens(idx)
+        pos = torch.arange(T, device=idx.device)
+        return self.tok_emb(idx) + self.pos_emb(pos)
+
+    def _check_tokens(self, idx: Tensor) -> None:
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}), got range "
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
-        pos = torch.arange(T, device=idx.device)
-        return self.tok_emb(idx) + self.pos_emb(pos)
 
     def residual_stream(self, x: Tensor) -> list[Tensor]:
         """Run the blocks on residual input ``x`` (batch, time, d_model) and return
@@ -275,12 +286,17 @@ class TransformerLM(nn.Module):
         return self.head(self.final_norm(x_last))
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, return_stream: bool = False
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        return_stream: bool = False,
+        check: bool = True,
     ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, list[Tensor]]:
         """Return ``(logits, loss)``; ``loss`` is the mean next-token cross-entropy
         when ``targets`` is given. With ``return_stream=True`` also return the
-        residual stream ``[x_0, ..., x_L]``."""
-        states = self.residual_stream(self.embed(idx))
+        residual stream ``[x_0, ..., x_L]``. ``check=False`` skips the token-range check
+        of :meth:`embed` (for a loop whose data were checked once)."""
+        states = self.residual_stream(self.embed(idx, check=check))
         logits = self.logits_from_stream(states[-1])
         loss = None
         if targets is not None:

@@ -36,6 +36,7 @@ def _stream_input(model: TransformerLM, batch: Batch) -> tuple[Tensor, Tensor]:
         raise ValueError("batch must be a pair (x, targets)")
     x, y = batch
     param = next(model.parameters())
+    _check_ids_or_floats(x)
     if x.dtype == torch.long:
         x0 = model.embed(x.to(param.device))
     else:
@@ -53,6 +54,16 @@ def _stream_input(model: TransformerLM, batch: Batch) -> tuple[Tensor, Tensor]:
     return x0, y.to(param.device)
 
 
+def _check_ids_or_floats(x: object) -> None:
+    """A probe input is token ids (``torch.long``) or a float residual input; say so for
+    anything else (an ``int32`` batch, say), rather than blaming the float check."""
+    if isinstance(x, Tensor) and x.dtype != torch.long and not x.is_floating_point():
+        raise ValueError(
+            "x must be token ids (torch.long), shape (batch, time), or a float residual "
+            f"input, shape (batch, time, d_model); got {x.dtype}"
+        )
+
+
 def _loss(model: TransformerLM, x_last: Tensor, y: Tensor) -> Tensor:
     logits = model.logits_from_stream(x_last)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
@@ -68,6 +79,7 @@ def _sequence_and_layers(
 ) -> tuple[Tensor, list[int]]:
     """The residual input of one sequence (token ids are embedded) and the layers to
     probe (default: every layer), both checked."""
+    _check_ids_or_floats(x)
     if x.dtype == torch.long:
         x0 = model.embed(x)
     else:
@@ -365,7 +377,7 @@ def end_to_end_spectral_norms(
     return pd.DataFrame(rows).assign(**model.describe(), final_norm=include_final_norm)
 
 
-def skip_path(model: TransformerLM, batch: Batch, max_tokens: int = 64) -> pd.DataFrame:
+def skip_path(model: TransformerLM, batch: Batch, chunk_tokens: int = 256) -> pd.DataFrame:
     r"""How far each residual step's *skip path* is from an identity path.
 
     The Jacobian of a step :math:`x' = \mathrm{N}_{after}(\alpha x + F(x))` splits into a
@@ -380,44 +392,52 @@ def skip_path(model: TransformerLM, batch: Batch, max_tokens: int = 64) -> pd.Da
     (:math:`\|\prod J_{skip} - I\|_F/\sqrt d`) and ``stack_gain``
     (:math:`\|\prod J_{skip}\|_F/\sqrt d`, the skip path's typical gain on a random
     vector). A LayerNorm with :math:`\sigma = 1` and :math:`\gamma = 1` is the identity
-    minus a rank-2 projection, at distance :math:`\sqrt{2/d}`. Uses the first
-    ``max_tokens`` tokens of the batch.
+    minus a rank-2 projection, at distance :math:`\sqrt{2/d}`.
+
+    Every token of every sequence counts, each at the state the model computes for it:
+    the stream runs on the batch as it is, so no token attends across sequences, and the
+    result does not depend on the order of the sequences. ``chunk_tokens`` only bounds
+    memory: that many tokens' :math:`d \times d` products are held at once.
     """
     x0, _ = _stream_input(model, batch)
-    h = x0.reshape(-1, x0.shape[-1])[:max_tokens].unsqueeze(0).detach()
-    d = h.shape[-1]
-    eye = torch.eye(d, dtype=h.dtype, device=h.device)
-    skips, where = [], []
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+    d = x0.shape[-1]
+    eye = torch.eye(d, dtype=x0.dtype, device=x0.device)
+    steps = []  # (layer, sublayer, alpha, after-norm or None, its input s for every token)
     with torch.no_grad():
+        h = x0.detach()
         for l, blk in enumerate(model.blocks):
             for which in SUBLAYERS:
-                s = blk.alpha * h + blk.branch(which, h)
+                s = blk.alpha * h + blk.branch(which, h)  # (B, T, d), sequence by sequence
                 norm = blk.norm(which, "after")
-                j = blk.alpha * (
-                    norm.jacobian(s[0]) if norm is not None else eye.expand(s.shape[1], d, d)
-                )
-                skips.append(j)
-                where.append((l, which))
+                steps.append((l, which, blk.alpha, norm, s.reshape(-1, d)))
                 h = norm(s) if norm is not None else s
-        rows, prod = [], eye.expand(h.shape[1], d, d)
-        for (l, which), j in reversed(list(zip(where, skips, strict=True))):
-            prod = prod @ j
-            rows.append(
-                {
-                    "layer": l,
-                    "sublayer": which,
-                    "position": _position(l, which),
-                    "step_distance": _rel_fro(j - eye, d),
-                    "stack_distance": _rel_fro(prod - eye, d),
-                    "stack_gain": _rel_fro(prod, d),
-                }
-            )
-    return pd.DataFrame(rows[::-1]).assign(**model.describe())
-
-
-def _rel_fro(m: Tensor, d: int) -> float:
-    """Root mean square over tokens of ||m_t||_F / sqrt(d), for m of shape (tokens, d, d)."""
-    return (m.pow(2).sum(dim=(-2, -1)).mean() / d).sqrt().item()
+        n = steps[0][4].shape[0]
+        # Sums over tokens of the squared Frobenius norms, accumulated chunk by chunk.
+        step_sq, stack_sq, gain_sq = [0.0] * len(steps), [0.0] * len(steps), [0.0] * len(steps)
+        for start in range(0, n, chunk_tokens):
+            prod = None
+            for k in reversed(range(len(steps))):
+                _, _, alpha, norm, s_all = steps[k]
+                s = s_all[start : start + chunk_tokens]
+                j = alpha * (norm.jacobian(s) if norm is not None else eye.expand(len(s), d, d))
+                prod = j if prod is None else prod @ j
+                step_sq[k] += (j - eye).pow(2).sum().item()
+                stack_sq[k] += (prod - eye).pow(2).sum().item()
+                gain_sq[k] += prod.pow(2).sum().item()
+    rows = [
+        {
+            "layer": l,
+            "sublayer": which,
+            "position": _position(l, which),
+            "step_distance": (step_sq[k] / (n * d)) ** 0.5,
+            "stack_distance": (stack_sq[k] / (n * d)) ** 0.5,
+            "stack_gain": (gain_sq[k] / (n * d)) ** 0.5,
+        }
+        for k, (l, which, *_) in enumerate(steps)
+    ]
+    return pd.DataFrame(rows).assign(**model.describe())
 
 
 def step_gradients(model: TransformerLM, batch: Batch) -> pd.DataFrame:
