@@ -18,7 +18,9 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,14 +192,21 @@ def read(
 def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
     """The ledger as an HTML table for the landing page: claim, verdict, key number and a
     link to the section (``{chapter}{suffix}#{section}``) that measured it."""
+    esc = html.escape  # every field, text and attribute alike (quotes included)
     cells = []
     for r in ledger.itertuples():
-        link = f'<a href="{r.chapter}{suffix}#{r.section}">ch. {int(r.chapter[:2])}</a>'
-        cls = "verdict-" + r.verdict.split()[0]
+        href = (
+            urllib.parse.quote(f"{r.chapter}{suffix}", safe="/.")
+            + "#"
+            + urllib.parse.quote(str(r.section), safe="")
+        )
+        number = int(r.chapter[:2]) if str(r.chapter)[:2].isdigit() else r.chapter
+        link = f'<a href="{esc(href)}">ch. {esc(str(number))}</a>'
+        cls = "verdict-" + re.sub(r"[^a-z-]", "", str(r.verdict).split()[0].lower())
         cells.append(
-            f"<tr><td>{r.id}</td><td>{html.escape(r.claim)}</td>"
-            f'<td class="{cls}">{html.escape(r.verdict)}</td>'
-            f"<td>{html.escape(r.key)}</td><td>{link}</td></tr>"
+            f"<tr><td>{esc(str(r.id))}</td><td>{esc(str(r.claim))}</td>"
+            f'<td class="{esc(cls)}">{esc(str(r.verdict))}</td>'
+            f"<td>{esc(str(r.key))}</td><td>{link}</td></tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("", "the post's claim", "verdict", "key number", ""))
     return (

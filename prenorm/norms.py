@@ -188,7 +188,7 @@ NORMS: Registry[type[nn.Module]] = Registry(
 
 
 def make_norm(name: str, d: int, bias: bool = True, alpha0: float | None = None) -> nn.Module:
-    """Build the norm called ``name`` (a key of :data:`NORMS`) over ``d`` features.
+    r"""Build the norm called ``name`` (a key of :data:`NORMS`) over ``d`` features.
 
     ``bias`` sets whether a norm that has a shift :math:`\beta` (LayerNorm, DyT) keeps
     it; RMSNorm has none. ``alpha0`` is DyT's initial :math:`\alpha` (``None``: its

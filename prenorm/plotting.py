@@ -199,18 +199,18 @@ def plot_loss_curves(
     title: str | None = None,
 ) -> Axes:
     """Loss against step, smoothed by a running mean of ``smooth`` steps per run;
-    a diverged run ends in a cross at the step where it was stopped."""
+    a diverged run ends in a cross at the step where it was stopped.
+
+    Each run is drawn as its own line, never averaged with another: a run is a stretch of
+    rows whose steps increase and whose configuration columns (every column that is not
+    one of :data:`~prenorm.training.HISTORY_COLUMNS`: placement, seed, optimizer, clip,
+    ``qk_norm``, ``alpha0``, betas, ...) do not change, as :func:`~prenorm.sweep` with
+    ``history=True`` and ``pd.concat`` of several histories lay them out."""
     ax = ax or plt.gca()
     df = history.dropna(subset=[y]).copy()
-    run_keys = [
-        c
-        for c in ("placement", "norm", "init", "n_layers", "lr", "warmup_steps", "seed")
-        if c in df
-    ]
+    df["_run"] = _run_ids(df)
     if smooth > 1 and y == "train_loss":
-        df[y] = df.groupby(run_keys, dropna=False)[y].transform(
-            lambda s: s.rolling(smooth, min_periods=1).mean()
-        )
+        df[y] = df.groupby("_run")[y].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
     levels = list(dict.fromkeys(df[hue]))
     sns.lineplot(
         data=df,
@@ -218,15 +218,15 @@ def plot_loss_curves(
         y=y,
         hue=hue,
         style=style,
-        units="seed" if "seed" in df and df["seed"].nunique() > 1 else None,
-        estimator=None if "seed" in df and df["seed"].nunique() > 1 else "mean",
+        units="_run",
+        estimator=None,
         palette=palette(hue, levels),
         lw=1.2,
         ax=ax,
     )
     if "diverged" in df:
         colors = palette(hue, levels)
-        ends = df[df["diverged"]].groupby(run_keys, dropna=False).tail(1)
+        ends = df[df["diverged"].astype(bool)].groupby("_run").tail(1)
         for _, r in ends.iterrows():
             c = colors[r[hue]] if isinstance(colors, dict) else "k"
             ax.plot(r["step"], r[y], marker="x", color=c, ms=8, mew=2)
@@ -236,6 +236,18 @@ def plot_loss_curves(
         ax.set_title(title)
     label_placements(ax)
     return ax
+
+
+def _run_ids(df: pd.DataFrame) -> pd.Series:
+    """A run number for every row of a frame of concatenated histories: a new run starts
+    where the step does not increase or any configuration column changes."""
+    from .training import HISTORY_COLUMNS
+
+    config = [c for c in df.columns if c not in HISTORY_COLUMNS and c != "_run"]
+    key = df[config].astype(str).agg("|".join, axis=1) if config else pd.Series("", df.index)
+    step = df["step"]
+    starts = (key != key.shift()) | ~(step > step.shift())
+    return starts.cumsum()
 
 
 def plot_loss_vs_lr(

@@ -85,3 +85,27 @@ def test_every_claim_is_recorded_once_by_its_chapter_at_a_labelled_section():
             assert f"({section})=" in md, f"{nb.name}: {cid} links to a missing label {section!r}"
     for cid, claim in CLAIMS.items():
         assert calls.get(cid) == [claim.chapter], f"{cid} is recorded by {calls.get(cid)}"
+
+
+def test_html_escapes_every_field_it_writes(monkeypatch):
+    # The id, the section (in the link) and the verdict's class were written into the page
+    # unescaped: a section such as x"><script> would have opened a tag. Fails if any field
+    # reaches the page raw.
+    import pandas as pd
+
+    evil = '"><script>alert(1)</script>'
+    ledger = pd.DataFrame(
+        [
+            {
+                "id": "C1" + evil,
+                "claim": "claim" + evil,
+                "verdict": P.VERDICTS[0],
+                "key": "key" + evil,
+                "chapter": "05_warmup",
+                "section": "sec" + evil,
+            }
+        ]
+    )
+    page = to_html(ledger)
+    assert "<script>" not in page and evil not in page
+    assert page.count("<a ") == 1 and page.count("<tr>") == 2

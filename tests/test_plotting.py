@@ -189,3 +189,24 @@ def test_loss_vs_lr_draws_finished_runs_and_crosses_for_diverged_ones():
     assert len(crosses) == 1 and crosses[0].get_xdata()[0] == 1e-1
     assert ax.get_xscale() == "log"
     plt.close(fig)
+
+
+def test_loss_curves_draw_every_run_even_when_only_the_optimizer_differs():
+    # Two runs with the same placement and seed, one with Adam and one with SGD, and losses
+    # 1 apart. Fails if they are averaged into one line (the old grouping by a fixed list of
+    # keys that left out the optimizer, clip, qk_norm, alpha0 and the betas).
+    rows = [
+        {"step": s, "train_loss": base - 0.1 * s, "placement": "pre", "seed": 0, "optimizer": opt}
+        for opt, base in (("adam", 3.0), ("sgd", 4.0))
+        for s in range(6)
+    ]
+    fig, ax = plt.subplots()
+    P.plot_loss_curves(pd.DataFrame(rows), ax=ax, smooth=1)
+    curves = sorted(
+        tuple(line.get_ydata()) for line in ax.get_lines() if len(line.get_xdata()) == 6
+    )
+    assert curves == [
+        tuple(3.0 - 0.1 * s for s in range(6)),
+        tuple(4.0 - 0.1 * s for s in range(6)),
+    ]
+    plt.close(fig)
