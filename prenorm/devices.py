@@ -78,7 +78,10 @@ class Scale:
     Pre-LN trained side by side; ``stack_depth`` and ``wide_lrs``: part 3's comparisons
     of the designs after Pre-LN, one depth (at least 4, so that Mix-LN has a Post-LN
     layer) and a learning-rate range wide enough to find each design's best and its
-    failures, in the style of Wortsman et al. 2023.
+    failures, in the style of Wortsman et al. 2023. ``cell_timeout``: the seconds one
+    notebook cell may run before the book build (and ``pytest --nbval-lax``) stops it as
+    hung, several times the slowest cell measured at that preset, so that a lost kernel
+    message fails in a minute or two at ``ci`` instead of half an hour.
     """
 
     name: str
@@ -104,6 +107,7 @@ class Scale:
     demo_batch_size: int
     stack_depth: int
     wide_lrs: tuple[float, ...]
+    cell_timeout: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -143,6 +147,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=4,
             stack_depth=4,
             wide_lrs=(1e-3, 1e-2),
+            cell_timeout=120,
         ),
         "cpu": Scale(
             name="cpu",
@@ -168,6 +173,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=16,
             stack_depth=8,
             wide_lrs=(3e-4, 1.5e-3, 6e-3, 3e-2),
+            cell_timeout=900,
         ),
         "gpu": Scale(
             name="gpu",
@@ -193,6 +199,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=64,
             stack_depth=24,
             wide_lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            cell_timeout=1800,
         ),
     },
 )

@@ -10,6 +10,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Give nbval the preset's per-cell timeout (``prenorm.Scale.cell_timeout``) unless
+    the command line sets one: a hung kernel fails its notebook in two minutes at ``ci``,
+    not after nbval's default of 2000 s."""
+    if not hasattr(config.option, "nbval_cell_timeout"):
+        return  # nbval is not installed
+    if any(a.startswith("--nbval-cell-timeout") for a in config.invocation_params.args):
+        return
+    import prenorm
+
+    config.option.nbval_cell_timeout = prenorm.scale().cell_timeout
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

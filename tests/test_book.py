@@ -53,6 +53,8 @@ def test_chapters_open_with_tests_box_and_close_with_measurements(nb):
 def test_book_builds_warning_free(built_book):
     html, log = built_book
     assert (html / "index.html").exists()
+    # book/_ext/book_site.py set the ci preset's per-cell timeout (fails if it did not run)
+    assert "prenorm: 'ci' preset, cell timeout 120 s" in log
     assert not re.search(r"WARNING:", log), [l for l in log.splitlines() if "WARNING" in l][:10]
 
 
