@@ -14,19 +14,28 @@ numbers do not depend on the backend.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import inspect
 import itertools
 import json
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import pickle
-import tempfile
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -66,8 +75,9 @@ Grid = Mapping[str, Sequence[object]]
 
 
 def grid_points(grid: Grid | Sequence[Grid], valid: Sequence[str]) -> list[dict[str, object]]:
-    """Every point of the Cartesian product of ``grid`` (name -> list of values), in
-    order, as dicts. Names must be in ``valid`` or be ``"seed"``. A list of grids gives
+    """Every point of the Cartesian product of ``grid`` (name -> non-empty list of
+    values), in order, as dicts. Names must be in ``valid`` or be ``"seed"``, whose
+    values must be integers; anything else raises ``ValueError``. A list of grids gives
     the points of each in turn (a union of products, for designs that differ in which
     arguments they take)."""
     if not isinstance(grid, Mapping):
@@ -78,8 +88,33 @@ def grid_points(grid: Grid | Sequence[Grid], valid: Sequence[str]) -> list[dict[
     unknown = sorted(set(grid) - allowed)
     if unknown:
         raise ValueError(f"unknown sweep keys {unknown}; valid keys are {sorted(allowed)}")
+    for key, values in grid.items():
+        _check_values(key, values)
     keys = list(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _check_values(key: str, values: object) -> None:
+    """A grid's values for ``key`` are a non-empty list (a tuple, a range or a 1-D numpy
+    array will do); seeds are integers. A bare value would otherwise be iterated: the
+    string ``"pre"`` as the placements ``"p"``, ``"r"``, ``"e"``."""
+    is_list = isinstance(values, list | tuple | range) or (
+        isinstance(values, np.ndarray) and values.ndim == 1
+    )
+    if not is_list:
+        raise ValueError(
+            f"grid values must be a list (or tuple) of values, got {key!r}: {values!r}; "
+            f"e.g. {{{key!r}: [{values!r}]}} for that one value"
+        )
+    if len(values) == 0:
+        raise ValueError(f"grid values for {key!r} are empty: give at least one value")
+    if key == "seed":
+        for seed in values:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+                raise ValueError(
+                    f"seeds must be integers (int or a numpy integer), got {seed!r} "
+                    f"({type(seed).__name__}) in the grid's seeds {values!r}"
+                )
 
 
 def _model_kwargs(point: Mapping[str, object], model_kwargs: Mapping[str, object]) -> dict:
@@ -110,9 +145,10 @@ def probe_sweep(
     of the Cartesian product of ``grid`` and concatenate the frames.
 
     ``grid`` keys are :class:`~prenorm.TransformerLM` arguments (``placement``,
-    ``init``, ``n_layers``, ...) or ``seed`` (seeds the initialization; default 0).
-    ``batch`` is a fixed batch or a function ``seed -> batch``. Every row gets the
-    grid point's values as columns.
+    ``init``, ``n_layers``, ...) or ``seed`` (integers; seeds the initialization;
+    default 0), each with a non-empty list of values, as in :func:`sweep`. ``batch``
+    is a fixed batch or a function ``seed -> batch``. Every row gets the grid point's
+    values as columns.
     """
     frames = []
     for point in grid_points(grid, MODEL_KEYS):
@@ -224,50 +260,167 @@ def _serial(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tupl
             yield i, _run_job(data, job)
 
 
-_WORKER_DATA: Corpus | None = None
+# ---- the "processes" backend: a small pool of spawned worker processes -----------------
+#
+# Each worker is a fresh Python interpreter (spawned, not forked: forking a process that
+# has started threads, as torch does, can deadlock) joined to this one by a duplex pipe.
+# Every message on the pipe is a plain pickle (not multiprocessing's, with which torch
+# would move tensors to shared memory, files that a killed sweep would leave behind):
+#
+#   worker -> parent   "ready", once it has imported prenorm and torch
+#   parent -> worker   the corpus, once; then one run at a time
+#   worker -> parent   the outcome of that run
+#
+# The parent closes the pipe to stop a worker. A worker that dies costs the run it was
+# running and nothing else: that run's row says so, a new worker takes its place, and
+# the other workers go on. A worker ends itself when the parent is gone (killed, even
+# with kill -9), so that no process outlives its sweep; nothing is written to disk.
+
+
+def _worker_main(conn: Connection) -> None:
+    """A worker's life: say ready, receive the corpus, then run jobs until the pipe closes."""
+    _exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        conn.send_bytes(pickle.dumps("ready"))
+        data = pickle.loads(conn.recv_bytes())
+        while True:
+            conn.send_bytes(_outcome_bytes(data, conn.recv_bytes()))
+    except (EOFError, OSError):  # the parent closed the pipe, or is gone
+        return
+
+
+def _outcome_bytes(data: Corpus, job: bytes) -> bytes:
+    """Unpickle a job, run it, pickle its outcome. A job or an outcome that does not
+    (un)pickle is an error outcome like any other (``_run_job`` catches the rest)."""
+    try:
+        return pickle.dumps(_run_job(data, pickle.loads(job)))
+    except Exception as exc:
+        return pickle.dumps({"error": _describe(exc)})
+
+
+def _exit_with_parent() -> None:
+    """Start a thread that ends this (worker) process as soon as its parent is gone, even
+    in the middle of a run. The parent's sentinel becomes readable when the parent exits,
+    however it exits, because the kernel closes the parent's end of a pipe then."""
+    parent = multiprocessing.parent_process()
+    assert parent is not None, "not a child process"
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+@dataclasses.dataclass
+class _Worker:
+    """One worker process, the parent's end of its pipe, and the run it is running
+    (``None`` while it starts up)."""
+
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    run: int | None = None
+
+    @classmethod
+    def start(cls) -> _Worker:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(target=_worker_main, args=(child_conn,), name="prenorm-sweep")
+        process.start()
+        child_conn.close()  # the worker has its own copy; ours would hide its death
+        return cls(process, conn)
+
+    def send(self, payload: bytes) -> None:
+        """Send one message. A worker that has died meanwhile is not an error here: the
+        next wait sees its sentinel, and its run is reported then."""
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(payload)
+
+    def how_it_died(self) -> str:
+        self.process.join(timeout=5)  # it is dead or dying: this collects its exit code
+        code = self.process.exitcode
+        if code is None:
+            return "exit status unknown"
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def stop(self, now: bool) -> None:
+        """Close the pipe (an idle worker then exits by itself); with ``now``, also
+        terminate it at once, running or not. Then wait for it, but not for long."""
+        self.conn.close()
+        if now:
+            self.process.terminate()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+
+
 _DIED = (
-    " (a worker process died: out of memory, a crash, or a script that calls sweep()"
-    " outside `if __name__ == '__main__':`, which every spawned worker re-runs)"
+    "WorkerDied: the worker process running this run died ({how}): out of memory, a crash "
+    "in native code, or a call to os._exit; the other runs were not affected"
+)
+_NO_WORKER = (
+    "WorkerDied: no worker process could start ({how}); a script that calls sweep() must"
+    " do so under `if __name__ == '__main__':`, which every spawned worker re-runs"
 )
 
 
-def _init_worker(corpus_file: str) -> None:
-    global _WORKER_DATA
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    with open(corpus_file, "rb") as f:
-        _WORKER_DATA = pickle.load(f)
-
-
-def _worker_run(job: Job) -> Outcome:
-    assert _WORKER_DATA is not None, "worker not initialized"
-    return _run_job(_WORKER_DATA, job)
-
-
 def _processes(data: Corpus, jobs: list[Job], workers: int | None) -> Iterator[tuple[int, Outcome]]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # The corpus goes to the workers through a file: passed as an argument, its ~8 MB
-    # would travel with each spawned process and make the workers start one by one.
-    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
-        pickle.dump(data, f)
-    pool = ProcessPoolExecutor(
-        max_workers=workers or 1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(f.name,),
-    )
-    finished = False
+    corpus = pickle.dumps(data)  # once, for every worker
+    todo: collections.deque[tuple[int, bytes]] = collections.deque()
+    for i, job in enumerate(jobs):
+        try:
+            todo.append((i, pickle.dumps(job)))
+        except Exception as exc:  # e.g. a lambda as a grid value: it cannot travel
+            yield i, {"error": _describe(exc) + " (a run travels to its worker as a pickle)"}
+    pool = [_Worker.start() for _ in range(min(workers or 1, len(todo)))]
+    gone: list[_Worker] = []  # stopped or dead, to be reaped at the end
     try:
-        futures = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            exc = future.exception()  # only when a worker died (BrokenProcessPool)
-            yield futures[future], {"error": _describe(exc) + _DIED} if exc else future.result()
-        finished = True
-    finally:  # on an interrupt, drop the queued runs and do not wait for running ones
-        pool.shutdown(wait=finished, cancel_futures=True)
-        os.unlink(f.name)  # workers that are still starting have it open already, or fail
+        while todo or any(w.run is not None for w in pool):
+            if not pool:  # every worker died while it started up
+                how = gone[-1].how_it_died()
+                for i, _ in todo:
+                    yield i, {"error": _NO_WORKER.format(how=how)}
+                break
+            ready = multiprocessing.connection.wait(
+                [w.conn for w in pool] + [w.process.sentinel for w in pool]
+            )
+            for w in [w for w in pool if w.conn in ready or w.process.sentinel in ready]:
+                try:
+                    message = pickle.loads(w.conn.recv_bytes())
+                except (EOFError, OSError):  # the worker died
+                    pool.remove(w)
+                    gone.append(w)
+                    if w.run is not None:  # it dies with its run: start another for the rest
+                        if todo:
+                            pool.append(_Worker.start())
+                        yield w.run, {"error": _DIED.format(how=w.how_it_died())}
+                    continue
+                if w.run is None:  # "ready": it has started up
+                    w.send(corpus)
+                else:
+                    yield w.run, message
+                if todo:  # its next run
+                    w.run, job = todo.popleft()
+                    w.send(job)
+                else:
+                    w.run = None
+                    w.conn.close()  # nothing left for it: it exits
+                    pool.remove(w)
+                    gone.append(w)
+    finally:
+        # The workers still in the pool are running a run (the caller was interrupted) or
+        # still starting up: end them at once, waiting for neither. The others are idle
+        # (told to exit) or dead.
+        for w in pool:
+            w.stop(now=True)
+        for w in gone:
+            w.stop(now=False)
 
 
 def _ray_task(data: Corpus, job: Job) -> Outcome:
@@ -342,28 +495,42 @@ def _corpus_id(data: Corpus) -> str:
     return f"{data.name}:{digest}:{data.val_fraction}"
 
 
-def _read_cache(path: Path, version: str) -> dict[str, Outcome]:
-    """The outcomes in the cache at ``path`` written by this ``version``, by key. Lines
-    that do not parse (a write cut off by a kill) are skipped; entries of other versions
-    are ignored with a warning, so those runs are trained again."""
+@functools.cache
+def _source_hash() -> str:
+    """SHA-256 of the package's source: the name and bytes of every ``prenorm/*.py``, in
+    sorted order. Computed once per process. A cache entry records it, so that a code
+    change without a version bump (an editable install) does not reuse stale numbers."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, version: str, source: str) -> dict[str, Outcome]:
+    """The outcomes in the cache at ``path`` written by this ``version`` of the package,
+    with this ``source`` hash, by key. Lines that do not decode (UTF-8) or parse (a write
+    cut off by a kill) are skipped; entries of other versions or other source are ignored;
+    either with a warning, so those runs are trained again."""
     found: dict[str, Outcome] = {}
     other: dict[str, int] = {}
-    unreadable = 0
+    changed = unreadable = 0
     if not path.exists():
         return found
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().split(b"\n"):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError
             key, outcome, written_by = record["key"], record["outcome"], record["prenorm"]
         except (ValueError, KeyError, TypeError):
             unreadable += 1
             continue
-        if written_by == version:
-            found[key] = outcome
-        else:
+        if written_by != version:
             other[str(written_by)] = other.get(str(written_by), 0) + 1
+        elif record.get("source") != source:
+            changed += 1
+        else:
+            found[key] = outcome
     if other:
         versions = ", ".join(f"{n} by prenorm {v}" for v, n in sorted(other.items()))
         warnings.warn(
@@ -371,10 +538,17 @@ def _read_cache(path: Path, version: str) -> dict[str, Outcome]:
             f"({versions}; this is prenorm {version}); they will be trained again",
             stacklevel=3,
         )
+    if changed:
+        warnings.warn(
+            f"sweep cache {path}: ignoring {changed} run(s) written by prenorm {version} "
+            f"with other source code (a code change without a version bump; this source "
+            f"hash is {source[:12]}); they will be trained again",
+            stacklevel=3,
+        )
     if unreadable:
         warnings.warn(
             f"sweep cache {path}: skipped {unreadable} unreadable line(s), e.g. a write cut "
-            "off by an interrupt; those runs will be trained again",
+            "off by an interrupt or bytes that are not UTF-8; those runs will be trained again",
             stacklevel=3,
         )
     return found
@@ -531,12 +705,14 @@ def sweep(
 ) -> pd.DataFrame:
     """Train one model per point of the Cartesian product of ``grid`` and return one DataFrame.
 
-    ``grid`` maps names to lists of values (or is a list of such grids: their points
-    run together, in one pool of workers). A name may be any argument of
-    :class:`~prenorm.TransformerLM` (``placement``, ``n_layers``, ``norm``, ``init``,
-    ...), any argument of :func:`~prenorm.train` (``lr``, ``warmup_steps``, ``clip``,
-    ...), or ``seed``, which seeds both the initialization and the batches. Fixed
-    values go in ``model_kwargs`` / ``train_kwargs``. With ``history=False`` the
+    ``grid`` maps names to non-empty lists of values (``{"placement": ["pre"]}``, not
+    ``{"placement": "pre"}``; tuples, ranges and 1-D numpy arrays will do), or is a list
+    of such grids: their points run together, in one pool of workers. A name may be any
+    argument of :class:`~prenorm.TransformerLM` (``placement``, ``n_layers``, ``norm``,
+    ``init``, ...), any argument of :func:`~prenorm.train` (``lr``, ``warmup_steps``,
+    ``clip``, ...), or ``seed`` (integers: ``int`` or numpy integers), which seeds both
+    the initialization and the batches. Fixed values go in ``model_kwargs`` /
+    ``train_kwargs``. With ``history=False`` the
     result has one row per run (:meth:`~prenorm.TrainResult.summary`); with
     ``history=True`` one row per step of every run, with the run's configuration and
     ``diverged``. Rows come in grid order, however the runs were spread out.
@@ -572,20 +748,29 @@ def sweep(
     (each imports torch): for a sweep that takes seconds, ``workers=1`` is faster.
 
     **Failures.** A run that diverges is a row with ``diverged=True``. A run that raises
-    (or whose worker dies) is a row with the exception in ``error`` (``"Type:
-    message"``; ``None`` for runs that finished), ``diverged=False`` and no losses; the
-    other runs are unaffected; a warning counts such runs. Bad arguments (unknown or
-    missing keys, unknown names, ``workers < 1``, an unknown backend, Ray missing)
-    raise before the first run starts.
+    is a row with the exception in ``error`` (``"Type: message"``; ``None`` for runs
+    that finished), ``diverged=False`` and no losses; a warning counts such runs. A
+    worker process that dies (out of memory, a crash in native code) costs only the
+    run it was running: that row's ``error`` starts with ``"WorkerDied:"`` and gives
+    the exit code or signal, a new worker takes over the runs still to come, and the
+    other runs finish (and are cached) as usual. Interrupting a sweep stops its workers
+    at once; a sweep that is killed outright (``kill -9``) leaves no worker behind,
+    for each exits when its parent is gone, and no temporary file (the corpus goes
+    to each worker over its pipe). Bad arguments (unknown or missing keys, grid
+    values that are not a non-empty list, seeds that are not integers, unknown names,
+    ``workers < 1``, an unknown backend, Ray missing) raise before the first run starts.
 
     **Cache.** With ``cache=path`` every finished run is appended to that file as one
     JSON line as soon as it finishes, keyed by its full configuration (model and
-    training arguments, seed, ``history``, the corpus) and the package version; runs
-    found there are not trained again, so an interrupted sweep resumes where it
-    stopped and a finished one reads back at once (``seconds`` is then the original
-    run's time). Runs that raised are not cached. Entries written by another package
-    version are ignored, with a warning, and trained again. The book never passes a
-    cache, so every page shows numbers computed by the code it was built with.
+    training arguments, seed, ``history``, the corpus), the package version and a
+    hash of the package's source (every ``prenorm/*.py`` file); runs found there are
+    not trained again, so an interrupted sweep resumes where it stopped and a finished
+    one reads back at once (``seconds`` is then the original run's time). Runs that
+    raised are not cached. Entries written by another package version, or by other
+    source code under the same version (an editable install edited since), are
+    ignored, with a warning, and trained again; so are lines that do not read back
+    (not UTF-8, not JSON: a write cut off by a kill). The book never passes a cache,
+    so every page shows numbers computed by the code it was built with.
     """
     from tqdm.auto import tqdm
 
@@ -641,7 +826,7 @@ def sweep(
     if path is not None:
         corpus = _corpus_id(data)
         keys = [_key(job, corpus) for job in jobs]
-        cached = _read_cache(path, __version__)
+        cached = _read_cache(path, __version__, _source_hash())
         outcomes = {i: cached[k] for i, k in enumerate(keys) if k in cached}
         path.parent.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(len(jobs)) if i not in outcomes]
@@ -656,8 +841,10 @@ def sweep(
                 i = todo[j]
                 outcomes[i] = _plain(outcome)
                 if path is not None and "error" not in outcome:
-                    record = {"prenorm": __version__, "key": keys[i], "job": jobs[i]}
-                    _append(path, {**record, "outcome": outcomes[i]})
+                    version = {"prenorm": __version__, "source": _source_hash()}
+                    _append(
+                        path, {**version, "key": keys[i], "job": jobs[i], "outcome": outcomes[i]}
+                    )
                 bar.update(1)
     failed = [outcomes[i]["error"] for i in range(len(jobs)) if "error" in outcomes[i]]
     if failed:

@@ -90,7 +90,7 @@ def test_failed_and_diverged_runs_are_rows(corpus):
     same_numbers(parallel, serial)
     assert parallel["diverged"].tolist() == [False, True, False, False]
     assert parallel["error"].isna().tolist() == [True, True, False, False]
-    assert parallel["error"][2].startswith("ValueError: batch_size and seq_len must be >= 1")
+    assert parallel["error"][2].startswith("ValueError: batch_size")  # train() refuses 0
     assert parallel["lr"].tolist() == [1e-3, 50.0, 1e-3, 50.0]  # failed rows keep their config
     assert parallel["n_layers"].tolist() == [1, 1, 1, 1]
     assert parallel["final_train_loss"].notna().tolist() == [True, True, False, False]
@@ -108,15 +108,24 @@ class WorkerKiller:
         return (os._exit, (3,))
 
 
-def test_a_dead_worker_becomes_error_rows(corpus):
-    # Fails if a worker dying (out of memory, a crash) raises out of sweep() or hangs it,
-    # instead of turning the runs it took down into rows that say what happened.
-    grid = {"clip": [None, WorkerKiller()]}
-    with pytest.warns(UserWarning, match="runs raised"):
-        df = sweep(corpus, grid, train_kwargs=TRAIN, workers=2, **TINY)
-    assert len(df) == 2
-    assert "BrokenProcessPool" in df["error"][1] and "worker process died" in df["error"][1]
-    assert df["error"].isna()[0] or "BrokenProcessPool" in df["error"][0]  # a race: either
+def test_a_dead_worker_costs_only_its_run(corpus, tmp_path):
+    # Fails if a worker that dies (out of memory, a crash, os._exit) takes other runs down
+    # with it (they would have an error, as every run did with a ProcessPoolExecutor, or
+    # be missing from the cache), raises out of sweep() or hangs it, if the dead run's row
+    # does not say that its worker died and how, or if no new worker takes over: two runs
+    # kill two workers, so the last run can only finish on a replacement.
+    cache = tmp_path / "runs.jsonl"
+    grid = {"clip": [None, WorkerKiller(), WorkerKiller(), 1.0]}
+    with pytest.warns(UserWarning, match="2 of 4 runs raised .* first with WorkerDied"):
+        df = sweep(corpus, grid, train_kwargs=TRAIN, workers=2, cache=cache, **TINY)
+    assert df["error"].isna().tolist() == [True, False, False, True]
+    for error in df["error"][1:3]:
+        assert error.startswith(
+            "WorkerDied: the worker process running this run died (exit code 3)"
+        )
+    assert df["final_val_loss"].notna().tolist() == [True, False, False, True]
+    cached = [json.loads(line)["job"]["train"]["clip"] for line in cache.read_text().splitlines()]
+    assert sorted(cached, key=str) == [1.0, None]
 
 
 def test_interrupted_sweep_resumes_and_finished_one_reads_back(corpus, tmp_path, trained):
@@ -161,6 +170,103 @@ def test_cache_from_another_version_is_retrained_with_a_warning(corpus, tmp_path
         again = sweep(corpus, {"seed": [0, 1]}, **kw)
     assert len(trained) == 2
     same_numbers(again, first)
+
+
+def test_cache_lines_that_are_not_utf8_are_skipped(corpus, tmp_path, trained):
+    # Fails if a line with bytes that are not UTF-8 crashes the sweep (UnicodeDecodeError
+    # from reading the file as text) instead of being skipped with the warning, or if the
+    # run that line held is not trained again.
+    cache = tmp_path / "runs.jsonl"
+    kw = dict(train_kwargs=TRAIN, workers=1, cache=cache, **TINY)
+    first = sweep(corpus, {"seed": [0, 1]}, **kw)
+    lines = cache.read_bytes().split(b"\n")
+    cache.write_bytes(lines[0] + b"\n" + lines[1].replace(b'"prenorm"', b'"pr\xe9norm"') + b"\n")
+    trained.clear()
+    with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
+        again = sweep(corpus, {"seed": [0, 1]}, **kw)
+    assert [job["seed"] for job in trained] == [1]
+    same_numbers(again, first)
+
+
+def test_cache_from_other_source_code_is_retrained_with_a_warning(
+    corpus, tmp_path, trained, monkeypatch
+):
+    # Fails if entries written by other source code under the same version number (an
+    # editable install edited since) are reused, or ignored without a warning that says why.
+    cache = tmp_path / "runs.jsonl"
+    kw = dict(train_kwargs=TRAIN, workers=1, cache=cache, **TINY)
+    real = sweeps._source_hash
+    monkeypatch.setattr(sweeps, "_source_hash", lambda: "0" * 64)
+    first = sweep(corpus, {"seed": [0, 1]}, **kw)
+    assert {json.loads(line)["source"] for line in cache.read_text().splitlines()} == {"0" * 64}
+    monkeypatch.setattr(sweeps, "_source_hash", real)
+    trained.clear()
+    with pytest.warns(UserWarning, match=r"ignoring 2 run\(s\) written by prenorm .* other source"):
+        again = sweep(corpus, {"seed": [0, 1]}, **kw)
+    assert len(trained) == 2
+    same_numbers(again, first)
+
+
+def test_source_hash_follows_every_module(tmp_path, monkeypatch):
+    # Fails if the hash misses a change to a module's bytes, to its name, or a new module,
+    # or if it is computed again on every call instead of once per process.
+    real = sweeps._source_hash()
+    package = tmp_path / "prenorm"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (package / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr(sweeps, "__file__", str(package / "sweeps.py"))
+    digest = sweeps._source_hash.__wrapped__  # the function, without its once-per-process cache
+    hashes = [digest()]
+    (package / "b.py").write_text("y = 3\n")
+    hashes.append(digest())
+    (package / "b.py").rename(package / "c.py")
+    hashes.append(digest())
+    (package / "d.py").write_text("")
+    hashes.append(digest())
+    assert len(set(hashes)) == 4 and all(len(h) == 64 for h in hashes)
+    assert sweeps._source_hash() == real  # the package's, computed once
+
+
+def test_grid_values_must_be_lists_and_seeds_integers(corpus, trained):
+    # Fails if a bare value is iterated (the string "pre" as the placements "p", "r", "e")
+    # or raises a bare TypeError (a float), if an empty list silently makes an empty sweep,
+    # or if a seed that is not an integer is accepted (1.7 trained as seed 1 and labelled
+    # 1.7; "1" and True are no seeds either), in sweep() or probe_sweep().
+    import re
+
+    import numpy as np
+
+    from prenorm import probe_sweep, residual_norms
+
+    kw = dict(train_kwargs=TRAIN, workers=1, **TINY)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "grid values must be a list (or tuple) of values, got 'placement': 'pre'; "
+            "e.g. {'placement': ['pre']}"
+        ),
+    ):
+        sweep(corpus, {"placement": "pre"}, **kw)
+    with pytest.raises(ValueError, match=re.escape("got 'lr': 0.001; e.g. {'lr': [0.001]}")):
+        sweep(corpus, {"seed": [0], "lr": 1e-3}, **kw)
+    with pytest.raises(ValueError, match="grid values for 'lr' are empty"):
+        sweep(corpus, {"lr": []}, **kw)
+    for bad in (1.7, 1.0, "1", True, None):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(f"seeds must be integers (int or a numpy integer), got {bad!r}"),
+        ):
+            sweep(corpus, {"seed": [0, bad]}, **kw)
+    batch = _val_batch(corpus, 2, 8, 0)
+    with pytest.raises(ValueError, match="seeds must be integers"):
+        probe_sweep(residual_norms, batch, {"seed": [0.5]}, TINY["model_kwargs"])
+    assert trained == []
+    # Tuples, ranges, 1-D numpy arrays and numpy integer seeds are lists and integers.
+    a = sweep(corpus, {"seed": (np.int64(1),), "lr": np.array([1e-3])}, **kw)
+    b = sweep(corpus, {"seed": range(1, 2), "lr": [1e-3]}, **kw)
+    assert a["seed"].tolist() == [1]
+    same_numbers(a, b)
 
 
 def test_bad_input_is_refused_before_any_run(corpus, tmp_path, trained):
