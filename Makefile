@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # that the site loads nothing from a CDN (see _config.yml and book/_ext/vendor_assets.py).
 VENDOR := _vendor/VERSIONS
 
-.PHONY: book test lint format benchmark gpu-book chromium clean
+.PHONY: book test test-min lint format benchmark gpu-book chromium clean
 
 # The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
 # (without Ray that test is skipped, saying why).
@@ -50,6 +50,26 @@ test: $(STAMP) $(VENDOR) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PRENORM_SCALE=ci TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python -m pytest --nbval-lax
+
+# The lower bounds in pyproject.toml, proved: a throwaway venv outside the repo (rebuilt
+# each time) with exactly the lowest allowed versions, tests/min_versions.txt, on Python 3.11
+# (the lowest requires-python), and the unit tests run in it (no notebooks, book build,
+# browser, Colab or Ray). Not part of `make test`: it downloads torch's CUDA wheels from PyPI
+# (several GB; TORCH_INDEX picks another build, as for `make test`). About 2 min of tests
+# on 2 cores once installed.
+MIN_VENV   ?= /tmp/prenorm-minvenv
+MIN_PYTHON ?= python3.11
+test-min:
+	rm -rf $(MIN_VENV)
+	$(MIN_PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet $(TORCH_INDEX) "$$(grep '^torch==' tests/min_versions.txt)"
+	$(MIN_VENV)/bin/python -m pip install --quiet -r tests/min_versions.txt
+	$(MIN_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(MIN_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(torch|numpy|pandas|matplotlib|seaborn|tqdm|pytest|pyyaml)=='
+	$(MIN_VENV)/bin/python -m pytest tests -p no:cacheprovider \
+	  -m "not slow and not ray and not browser" \
+	  --ignore=tests/test_book.py --ignore=tests/test_browser.py --ignore=tests/test_colab.py \
+	  --ignore=tests/test_sweeps_ray.py --ignore=tests/test_gpu_book.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

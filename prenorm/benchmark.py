@@ -22,6 +22,7 @@ The implementations are a :class:`~prenorm.Registry`, :data:`IMPLEMENTATIONS`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -155,6 +156,25 @@ def _sync(dev: torch.device) -> None:
         torch.mps.synchronize()
 
 
+#: Dynamo's switch that makes hitting the recompile limit an error instead of a silent
+#: fallback to eager code: torch 2.7 renamed 2.6's ``fail_on_cache_limit_hit`` (kept as an
+#: alias) to ``fail_on_recompile_limit_hit``; torch 2.4 and 2.5 have neither.
+_FAIL_ON_LIMIT_CONFIGS = ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+
+
+def _fail_on_recompile_limit() -> contextlib.AbstractContextManager:
+    """Within it, a compiled module that hits dynamo's recompile limit raises, so a
+    ``"compiled"`` timing never measures the eager fallback. The first of
+    :data:`_FAIL_ON_LIMIT_CONFIGS` that this torch has; on torch 2.4 and 2.5, which have
+    no such switch, nothing (there a module past the limit runs eagerly, with dynamo's
+    warning)."""
+    config = torch._dynamo.config
+    for name in _FAIL_ON_LIMIT_CONFIGS:
+        if hasattr(config, name):
+            return config.patch(**{name: True})
+    return contextlib.nullcontext()
+
+
 def _timed(run: Callable[[], object], number: int, dev: torch.device) -> float:
     """Seconds per call of ``run``, over ``number`` back-to-back calls, the device
     synchronized before and after."""
@@ -266,7 +286,7 @@ def _time_widths(
         for name in names:
             runs[name] = _fwd_bwd(norm_module(name, d, dev, dtype, seed), x, dy)
         first, number = {}, {}
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        with _fail_on_recompile_limit():
             for name, run in runs.items():
                 first[name] = _timed(run, 1, dev)  # warm-up; compiles a compiled module
                 once = _timed(run, 1, dev)
