@@ -244,7 +244,13 @@ def _run_ids(df: pd.DataFrame) -> pd.Series:
     from .training import HISTORY_COLUMNS
 
     config = [c for c in df.columns if c not in HISTORY_COLUMNS and c != "_run"]
-    key = df[config].astype(str).agg("|".join, axis=1) if config else pd.Series("", df.index)
+    # str() of each value, so that NaN, None and lists compare too (astype(str) keeps NaN
+    # as a missing value under pandas 3's string dtype)
+    key = (
+        df[config].apply(lambda col: col.map(str)).agg("|".join, axis=1)
+        if config
+        else pd.Series("", df.index)
+    )
     step = df["step"]
     starts = (key != key.shift()) | ~(step > step.shift())
     return starts.cumsum()

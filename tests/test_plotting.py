@@ -196,7 +196,15 @@ def test_loss_curves_draw_every_run_even_when_only_the_optimizer_differs():
     # 1 apart. Fails if they are averaged into one line (the old grouping by a fixed list of
     # keys that left out the optimizer, clip, qk_norm, alpha0 and the betas).
     rows = [
-        {"step": s, "train_loss": base - 0.1 * s, "placement": "pre", "seed": 0, "optimizer": opt}
+        {
+            "step": s,
+            "train_loss": base - 0.1 * s,
+            "placement": "pre",
+            "seed": 0,
+            "optimizer": opt,
+            "clip": None if opt == "adam" else float("nan"),  # missing values, as sweeps give
+            "diverged_at": float("nan"),
+        }
         for opt, base in (("adam", 3.0), ("sgd", 4.0))
         for s in range(6)
     ]
