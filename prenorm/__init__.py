@@ -3,7 +3,8 @@
 The package is flat, one module per idea, each laid on the ones before it:
 norms and their Jacobians (:mod:`prenorm.norms`); blocks with the norm in
 different places (:mod:`prenorm.blocks`); a small character LM
-(:mod:`prenorm.model`); exact Jacobians (:mod:`prenorm.jacobians`); per-layer
+(:mod:`prenorm.model`); the training fast path through torch's fused kernels
+(:mod:`prenorm.kernels`); exact Jacobians (:mod:`prenorm.jacobians`); per-layer
 probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
 (:mod:`prenorm.data`); training (:mod:`prenorm.training`); grids of runs and probes
 (:mod:`prenorm.sweeps`); devices and scale presets (:mod:`prenorm.devices`); the
@@ -37,6 +38,7 @@ from .blocks import (
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
 from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jacobian_parts
+from .kernels import FUSED_ON, KERNELS, check_kernels, use_kernels
 from .model import INITS, THEORY_SETTING, TransformerLM, build_model
 from .norms import (
     NORMS,
@@ -178,6 +180,10 @@ __all__ = [
     "load_corpus",
     "lr_at",
     "AMP_DTYPES",
+    "FUSED_ON",
+    "KERNELS",
+    "check_kernels",
+    "use_kernels",
     "MIN_LOSS_SCALE",
     "resolve_amp",
     "make_norm",

@@ -217,7 +217,14 @@ class CausalSelfAttention(nn.Module):
     and Gemma 3, whereas OLMo 2 normalizes the whole projection). With LayerNorm at
     :math:`\gamma = 1` each normalized head vector has norm at most :math:`\sqrt{d_h}`,
     so every logit is bounded by :math:`\sqrt{d_h}` however large the weights grow.
+
+    With ``fused`` set (:func:`~prenorm.use_kernels`) the same function is computed by
+    ``F.scaled_dot_product_attention`` with ``is_causal=True``; :meth:`logits` stays
+    written out, so probes that hook it see the logits either way.
     """
+
+    #: Compute the attention with ``F.scaled_dot_product_attention``.
+    fused = False
 
     def __init__(
         self,
@@ -263,8 +270,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x)
-        att = self.logits(x, q, k).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = self.logits(x, q, k).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y)
 
 
@@ -423,7 +433,8 @@ class Block(nn.Module):
         :math:`\mathrm{LN}(\alpha x + F(x))`, reorder :math:`x + \mathrm{LN}(F(x))`,
         LayerNorm Scaling :math:`x + F(\mathrm{LN}(x)/\sqrt{l})`, ReZero
         :math:`x + g\,F(x)`."""
-        s = self.alpha * x + self.branch(which, x)
+        skip = x if self.alpha == 1.0 else self.alpha * x  # 1 * x is x: skip the multiply
+        s = skip + self.branch(which, x)
         n_after = self.norm(which, "after")
         return n_after(s) if n_after is not None else s
 

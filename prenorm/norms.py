@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import Registry
@@ -28,6 +29,8 @@ class LayerNorm(nn.Module):
     """
 
     has_bias = True
+    #: Compute the same function with ``F.layer_norm`` (see :func:`~prenorm.use_kernels`).
+    fused = False
 
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
@@ -47,6 +50,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, "LayerNorm")
+        if self.fused:
+            return F.layer_norm(x, (self.d,), self.weight, self.bias, self.eps)
         mu = x.mean(dim=-1, keepdim=True)
         xc = x - mu
         var = (xc * xc).mean(dim=-1, keepdim=True)
@@ -76,6 +81,8 @@ class RMSNorm(nn.Module):
     """
 
     has_bias = False
+    #: Compute the same function with ``F.rms_norm`` (see :func:`~prenorm.use_kernels`).
+    fused = False
 
     def __init__(self, d: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -92,6 +99,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, "RMSNorm")
+        if self.fused:
+            return F.rms_norm(x, (self.d,), self.weight, self.eps)
         return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
     def scale(self, x: Tensor) -> Tensor:

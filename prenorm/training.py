@@ -30,6 +30,7 @@ from torch import nn
 from .data import Corpus
 from .devices import amp_dtype, peak_memory_mb, reset_peak_memory
 from .devices import device as default_device
+from .kernels import check_kernels, use_kernels
 from .model import TransformerLM
 from .registry import Registry
 
@@ -82,37 +83,77 @@ def lr_at(
 
 
 def adam(
-    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+    params: Sequence[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    fast: bool = False,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.Adam`` (L2 penalty ``weight_decay`` added to the gradient)."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    """``torch.optim.Adam`` (L2 penalty ``weight_decay`` added to the gradient); ``fast``:
+    its fused step, one kernel for every parameter (see :func:`_fast_step`)."""
+    return _fast_step(torch.optim.Adam, params, fast, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def adamw(
-    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+    params: Sequence[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    fast: bool = False,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` (decoupled weight decay)."""
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    """``torch.optim.AdamW`` (decoupled weight decay); ``fast``: its fused step."""
+    return _fast_step(
+        torch.optim.AdamW, params, fast, lr=lr, betas=betas, weight_decay=weight_decay
+    )
 
 
 def sgd(
-    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+    params: Sequence[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    fast: bool = False,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` with momentum 0.9 (``betas`` unused)."""
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    """``torch.optim.SGD`` with momentum 0.9 (``betas`` unused); ``fast``: its fused step."""
+    return _fast_step(torch.optim.SGD, params, fast, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 def radam(
-    params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+    params: Sequence[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    fast: bool = False,
 ) -> torch.optim.Optimizer:
     r"""``torch.optim.RAdam`` (Liu et al. 2020, arXiv:1908.03265): Adam whose adaptive
     step is switched off while the variance of :math:`v_t` is intractable, and rectified
-    after, so its first steps are momentum SGD steps instead of Adam's large early ones."""
-    return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    after, so its first steps are momentum SGD steps instead of Adam's large early ones.
+    ``fast``: its multi-tensor (foreach) step; RAdam has no fused one."""
+    return _fast_step(
+        torch.optim.RAdam, params, fast, lr=lr, betas=betas, weight_decay=weight_decay
+    )
+
+
+def _fast_step(
+    cls: type[torch.optim.Optimizer],
+    params: Sequence[nn.Parameter],
+    fast: bool,
+    **kwargs: object,
+) -> torch.optim.Optimizer:
+    """``cls(params, **kwargs)``; with ``fast``, its fused implementation (the update of
+    every parameter in one kernel, the same formula) where this torch has one for the
+    parameters' device, else its multi-tensor (foreach) one."""
+    if not fast:
+        return cls(params, **kwargs)
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused step for this optimizer/device
+        return cls(params, foreach=True, **kwargs)
 
 
 #: The optimizers by name; each entry builds one from
-#: ``(params, lr, betas, weight_decay)``.
+#: ``(params, lr, betas, weight_decay, fast=False)``.
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry(
     "optimizer", {"adam": adam, "adamw": adamw, "radam": radam, "sgd": sgd}
 )
@@ -419,6 +460,7 @@ def train(
     callback: Callable[[int, TransformerLM], None] | None = None,
     compile: bool | str = False,
     grad_scale: float | None = None,
+    kernels: str = "fused",
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``steps`` steps and return a :class:`TrainResult`.
 
@@ -436,6 +478,16 @@ def train(
     ``torch.compile`` (see :func:`compiled`; evaluation and the callback use the model
     itself); it pays on a GPU for long runs, and costs a compilation (tens of seconds)
     first.
+
+    ``kernels="fused"`` (the default) trains on the fast path: the norms and attention
+    through torch's fused kernels where they are faster on the device
+    (:func:`~prenorm.use_kernels`), and the optimizer's fused step (Adam, AdamW, SGD;
+    RAdam's multi-tensor one). It computes the same functions as ``"reference"``, the
+    written-out operations the chapters show, to float rounding (the tests hold the two
+    equal), so a run's numbers differ between the two in their last bits and grow apart
+    only as fast as training amplifies rounding. Evaluation uses the same kernels; the
+    ``callback`` sees the written-out model, so probes differentiate what the chapters
+    show.
 
     **fp16 and the gradient scaler.** In fp16 (a T4's precision) the loss is multiplied
     by a scale before the backward pass so that small gradients do not underflow; a step
@@ -480,6 +532,7 @@ def train(
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     SCHEDULES.check(schedule)
     OPTIMIZERS.check(optimizer)
+    check_kernels(kernels)
     if data.vocab_size > model.vocab_size:
         raise ValueError(
             f"the corpus has {data.vocab_size} token ids but the model's vocab_size is "
@@ -499,7 +552,7 @@ def train(
             dev.type, **({} if grad_scale is None else {"init_scale": grad_scale})
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay)
+    opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay, fast=kernels == "fused")
     gen = torch.Generator().manual_seed(seed)
     val_gen = torch.Generator().manual_seed(seed + 10_000 if val_seed is None else val_seed)
     val_set = [data.batch("val", batch_size, model.seq_len, val_gen) for _ in range(eval_batches)]
@@ -516,47 +569,49 @@ def train(
     if callback is not None:
         callback(0, model)
         model.train()
-    for step in range(steps):
-        timer.start()
-        lr_t = lr_at(step, lr, steps, warmup_steps, schedule)
-        for group in opt.param_groups:
-            group["lr"] = lr_t
-        x, y = data.batch("train", batch_size, model.seq_len, gen, device=dev)
-        loss, gnorm = _backward(step_model, opt, scaler, params, x, y, dtype, max_norm)
-        if step == 0:
-            limit = explode_factor * loss
-        row = {
-            "step": step,
-            "lr": lr_t,
-            "train_loss": loss,
-            "grad_norm": gnorm,
-            "val_loss": math.nan,
-            "skipped": False,
-        }
-        # The loss decides, with or without a scaler; a non-finite gradient decides only
-        # where no scaler can absorb it.
-        blown_up = _blown_up(loss, gnorm if scaler is None else 0.0, limit)
-        if not blown_up:
-            skipped, gave_up = _optimizer_step(opt, scaler)
-            if skipped:
-                skipped_steps += 1
-                row["skipped"] = True
-                row["grad_norm"] = math.nan  # it overflowed: missing, never stored as inf
-            blown_up = gave_up
-        timer.stop()
-        if not blown_up:
-            if callback is not None:
-                callback(step + 1, model)
-                model.train()
-            if (step + 1) % eval_interval == 0 or step == steps - 1:
-                val = evaluate(model, val_set, dtype, check=False)
-                blown_up = _blown_up(val, 0.0, limit)
-                row["val_loss"] = math.nan if blown_up else val
-        if math.isfinite(loss) and (row["skipped"] or math.isfinite(gnorm)):
-            rows.append(row)  # non-finite values are never stored
-        if blown_up:
-            diverged_at = step
-            break
+    with use_kernels(model, kernels, dev):  # the callback's probes switch back
+        for step in range(steps):
+            timer.start()
+            lr_t = lr_at(step, lr, steps, warmup_steps, schedule)
+            for group in opt.param_groups:
+                group["lr"] = lr_t
+            x, y = data.batch("train", batch_size, model.seq_len, gen, device=dev)
+            loss, gnorm = _backward(step_model, opt, scaler, params, x, y, dtype, max_norm)
+            if step == 0:
+                limit = explode_factor * loss
+            row = {
+                "step": step,
+                "lr": lr_t,
+                "train_loss": loss,
+                "grad_norm": gnorm,
+                "val_loss": math.nan,
+                "skipped": False,
+            }
+            # The loss decides, with or without a scaler; a non-finite gradient decides only
+            # where no scaler can absorb it.
+            blown_up = _blown_up(loss, gnorm if scaler is None else 0.0, limit)
+            if not blown_up:
+                skipped, gave_up = _optimizer_step(opt, scaler)
+                if skipped:
+                    skipped_steps += 1
+                    row["skipped"] = True
+                    row["grad_norm"] = math.nan  # it overflowed: missing, never stored as inf
+                blown_up = gave_up
+            timer.stop()
+            if not blown_up:
+                if callback is not None:
+                    with use_kernels(model, "reference", dev):
+                        callback(step + 1, model)
+                    model.train()
+                if (step + 1) % eval_interval == 0 or step == steps - 1:
+                    val = evaluate(model, val_set, dtype, check=False)
+                    blown_up = _blown_up(val, 0.0, limit)
+                    row["val_loss"] = math.nan if blown_up else val
+            if math.isfinite(loss) and (row["skipped"] or math.isfinite(gnorm)):
+                rows.append(row)  # non-finite values are never stored
+            if blown_up:
+                diverged_at = step
+                break
     step_seconds = timer.seconds()
     seconds = time.perf_counter() - t0
     tokens = batch_size * model.seq_len
@@ -581,6 +636,7 @@ def train(
         "eval_batches": eval_batches,
         "explode_factor": explode_factor,
         "amp": _amp_name(dtype),
+        "kernels": kernels,
     }
     if grad_scale is not None:
         config["grad_scale"] = grad_scale
@@ -616,8 +672,10 @@ def _backward(
         scaler.unscale_(opt)
     else:
         loss.backward()
-    gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return loss.detach().item(), gnorm
+    gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # One read of both numbers: on a GPU each read waits for the device.
+    loss_v, gnorm_v = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
+    return loss_v, gnorm_v
 
 
 def _optimizer_step(
