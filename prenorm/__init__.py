@@ -68,7 +68,7 @@ from .probes import (
     update_sensitivity,
 )
 from .registry import Registry, UnknownNameError
-from .sweeps import BACKENDS, grid_points, probe_sweep, sweep
+from .sweeps import BACKENDS, SEED_POOLING, grid_points, mean_over_seeds, probe_sweep, sweep
 from .training import (
     AMP_DTYPES,
     MIN_LOSS_SCALE,
@@ -212,6 +212,8 @@ __all__ = [
     "step_jacobian_parts",
     "time_norms",
     "sweep",
+    "mean_over_seeds",
+    "SEED_POOLING",
     "train",
     "update_sensitivity",
     "verdict",

@@ -78,7 +78,9 @@ class Scale:
     Pre-LN trained side by side; ``stack_depth`` and ``wide_lrs``: part 3's comparisons
     of the designs after Pre-LN, one depth (at least 4, so that Mix-LN has a Post-LN
     layer) and a learning-rate range wide enough to find each design's best and its
-    failures, in the style of Wortsman et al. 2023. ``cell_timeout``: the seconds one
+    failures, in the style of Wortsman et al. 2023; ``design_seeds``: the seeds of every
+    cell of those comparisons (at least two, so that a verdict that compares designs is
+    never one draw). ``cell_timeout``: the seconds one
     notebook cell may run before the book build (and ``pytest --nbval-lax``) stops it as
     hung, several times the slowest cell measured at that preset, so that a lost kernel
     message fails in a minute or two at ``ci`` instead of half an hour.
@@ -107,6 +109,7 @@ class Scale:
     demo_batch_size: int
     stack_depth: int
     wide_lrs: tuple[float, ...]
+    design_seeds: tuple[int, ...]
     cell_timeout: int
 
     def model_kwargs(self) -> dict[str, int]:
@@ -147,6 +150,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=4,
             stack_depth=4,
             wide_lrs=(1e-3, 1e-2),
+            design_seeds=(0, 1),
             cell_timeout=120,
         ),
         "cpu": Scale(
@@ -173,6 +177,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=16,
             stack_depth=8,
             wide_lrs=(3e-4, 1.5e-3, 6e-3, 3e-2),
+            design_seeds=(0, 1),
             cell_timeout=900,
         ),
         "gpu": Scale(
@@ -199,6 +204,7 @@ PRESETS: Registry[Scale] = Registry(
             demo_batch_size=64,
             stack_depth=24,
             wide_lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            design_seeds=(0, 1, 2),
             cell_timeout=1800,
         ),
     },

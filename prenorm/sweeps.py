@@ -854,3 +854,53 @@ def sweep(
             stacklevel=2,
         )
     return _rows(points, jobs, [outcomes[i] for i in range(len(jobs))], history, spec is not None)
+
+
+#: How :func:`mean_over_seeds` pools a column whose name it knows: a cell has diverged
+#: if any of its seeds diverged, and at the first step where one did.
+SEED_POOLING: dict[str, str] = {"diverged": "any", "diverged_at": "min"}
+
+
+def mean_over_seeds(
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    seed: str = "seed",
+    how: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    r"""Pool the seeds of every cell: one row per distinct combination of ``keys`` (a
+    *cell*: a design at a learning rate, say, or a probe's layer at a step), in order of
+    first appearance, with ``n_seeds`` the number of seeds found in it.
+
+    For a cell with seeds :math:`s = 1..n` and a numeric column :math:`v`, the row holds
+    the mean :math:`\bar v = \tfrac1n \sum_s v_s`; a boolean column holds
+    :math:`\bigvee_s v_s` (any seed); other columns the first seed's value. The names in
+    :data:`SEED_POOLING`, updated by ``how`` (column to a pandas aggregation name), are
+    pooled as given: ``diverged`` by *any* (a design that diverged at a learning rate
+    under one seed of two is not safe there) and ``diverged_at`` by the earliest step.
+    Missing values in ``keys`` form cells of their own (``alpha0`` of a model without
+    DyT, say). ``seed`` must be a column; the spread over seeds is the caller's to
+    report (group ``frame`` by ``seed``).
+    """
+    keys = list(keys)
+    missing = [k for k in [*keys, seed] if k not in frame.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the frame; it has {list(frame.columns)}")
+    if seed in keys:
+        raise ValueError(f"the seed column {seed!r} cannot be a key: it is what is pooled")
+    rules = {**SEED_POOLING, **(how or {})}
+    agg: dict[str, str] = {}
+    for col in frame.columns:
+        if col in keys or col == seed:
+            continue
+        if col in rules:
+            agg[col] = rules[col]
+        elif pd.api.types.is_bool_dtype(frame[col]):
+            agg[col] = "any"
+        elif pd.api.types.is_numeric_dtype(frame[col]):
+            agg[col] = "mean"
+        else:
+            agg[col] = "first"
+    groups = frame.groupby(keys, dropna=False, sort=False)
+    out = groups.agg(agg) if agg else groups.size().to_frame("_").drop(columns="_")
+    out["n_seeds"] = groups[seed].nunique()
+    return out.reset_index()[[*keys, *agg, "n_seeds"]]

@@ -63,6 +63,10 @@ def test_scale_selection(monkeypatch):
     # presets grow with the scale
     assert PRESETS["ci"].train_steps < PRESETS["cpu"].train_steps < PRESETS["gpu"].train_steps
     assert max(PRESETS["cpu"].depths) >= 48
+    # part 3 compares designs on at least two seeds per cell at every preset (fails if a
+    # preset goes back to one draw, or repeats a seed)
+    for preset in PRESETS.values():
+        assert len(set(preset.design_seeds)) == len(preset.design_seeds) >= 2, preset.name
 
 
 def test_devices():
