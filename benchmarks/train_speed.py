@@ -15,7 +15,9 @@ that a busy host slows both alike:
    matrix shapes: every product of one forward and backward pass, recorded as it runs,
    replayed on fresh contiguous tensors and timed. The fraction of the roofline is the
    step's GFLOP/s over the roofline's: 1 would mean the step did nothing but its matrix
-   products, each at plain-``mm`` speed.
+   products, each at plain-``mm`` speed. ``ops_per_step`` counts the aten operators one
+   step dispatches (forward, backward, clipping, optimizer): on a GPU, where a step this
+   small is bound by launching kernels, each is about one launch.
 3. **A chapter-5-sized sweep end to end** (``--sweep``): chapter 5's grid at the preset
    (placements x depths x learning rates x warmups x seeds), in worker processes,
    uncached, once per path, worker start-up included; the two must reach the same
@@ -32,6 +34,7 @@ that a busy host slows both alike:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -63,6 +66,35 @@ class _MatmulShapes(TorchDispatchMode):
             a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
             self.calls.append((name, tuple(a.shape), tuple(b.shape)))
         return func(*args, **(kwargs or {}))
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the aten operators dispatched: on a GPU, each is about one kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(kw: dict, corpus: P.Corpus, kernels: str, batch_size: int) -> int:
+    """Operators of one training step (forward, backward, clipping, optimizer) on a path."""
+    model = _model(kw)
+    params = list(model.parameters())
+    opt = P.OPTIMIZERS["adam"](params, 1e-3, (0.9, 0.98), 0.0, fast=kernels == "fused")
+    x, y = corpus.batch("train", batch_size, model.seq_len, torch.Generator().manual_seed(0))
+    with P.use_kernels(model, kernels):
+        for counting in (False, True):  # the first step creates the optimizer's state
+            with _OpCount() if counting else contextlib.nullcontext() as rec:
+                loss = model(x, y, check=False)[1]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+    return rec.n
 
 
 def _model(kw: dict, seed: int = 0) -> P.TransformerLM:
@@ -214,7 +246,8 @@ def main() -> None:
     for k in P.KERNELS:
         t = statistics.median(times[k])
         rows.append({"path": k, "step_ms": 1e3 * t, "GFLOP/s": flops / t / 1e9,
-                     "fraction_of_roofline": roof_s / t})  # fmt: skip
+                     "fraction_of_roofline": roof_s / t,
+                     "ops_per_step": ops_per_step(kw, corpus, k, bs)})  # fmt: skip
     table = pd.DataFrame(rows).set_index("path")
     speedup = table.loc["reference", "step_ms"] / table.loc["fused", "step_ms"]
     print(f"\nGFLOP per step {flops / 1e9:.2f} ({len(calls)} matrix products); roofline: "
