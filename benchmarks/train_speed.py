@@ -15,13 +15,20 @@ that a busy host slows both alike:
    matrix shapes: every product of one forward and backward pass, recorded as it runs,
    replayed on fresh contiguous tensors and timed. The fraction of the roofline is the
    step's GFLOP/s over the roofline's: 1 would mean the step did nothing but its matrix
-   products, each at plain-``mm`` speed. ``ops_per_step`` counts the aten operators one
-   step dispatches (forward, backward, clipping, optimizer): on a GPU, where a step this
-   small is bound by launching kernels, each is about one launch.
+   products, each at plain-``mm`` speed. It is a roofline of this machine's matrix
+   library at these small shapes (per-call overhead included), not the hardware's peak.
+   The count includes the masked half of the attention scores, which a causal kernel may
+   skip (about 4% of the step at this size), so the fused path's figure is a little
+   flattering. ``ops_per_step`` counts the aten operators one step dispatches (forward,
+   backward, clipping, optimizer), views left out: on a GPU, where a step this small is
+   bound by launching kernels, each is about one launch. It is counted on the CPU, where
+   the plain optimizer step loops over parameters; on CUDA torch's default step is
+   already multi-tensor, so there the reference path launches fewer than this count.
 3. **A chapter-5-sized sweep end to end** (``--sweep``): chapter 5's grid at the preset
    (placements x depths x learning rates x warmups x seeds), in worker processes,
-   uncached, once per path, worker start-up included; the two must reach the same
-   outcome in every run where the loss is far from the line (a check, printed).
+   uncached, once per path, worker start-up included; it prints in how many runs the
+   two paths agree on divergence and how far their final losses lie apart (a Post-LN
+   run near the edge of stalling can go either way on a last-bit difference).
 4. **torch.compile** (``--compile``): in a fresh process with an empty inductor cache,
    the first step of a compiled run (the compile), a second run of the same shapes in
    the same process (another seed and learning rate), and the same two runs in a second
@@ -76,7 +83,7 @@ class _OpCount(TorchDispatchMode):
         self.n = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
+        self.n += not func.is_view  # a view launches nothing
         return func(*args, **(kwargs or {}))
 
 

@@ -19,12 +19,19 @@ rounding, not bit for bit: the kernels sum in another order.
 
 A module uses its kernel while its ``fused`` flag is set, and :func:`use_kernels` sets
 the flags of a whole model for the length of a ``with`` block. :data:`FUSED_ON` says,
-per device type, which modules switch: only those whose kernel measured faster there
-(``benchmarks/train_speed.py`` measures each one at the model's shapes). RMSNorm keeps
-its written-out form on the CPU, where chapter 7 measured ``F.rms_norm`` slower than the
-written-out form at its sizes. DyT and ReZero have no kernel to swap:
-they are element-wise already. The optimizer's fused step is chosen by
+per device type, which modules switch. On the CPU each was measured
+(``benchmarks/train_speed.py`` times whole training steps on both paths): RMSNorm keeps
+its written-out form there, where chapter 7 measured ``F.rms_norm`` slower than the
+written-out form at its sizes. The CUDA and MPS entries are torch's fused kernels on
+those devices, not measured here (no GPU was at hand). DyT and ReZero have no kernel to
+swap: they are element-wise already. The optimizer's fused step is chosen by
 :func:`~prenorm.train` (``kernels="fused"``), not here.
+
+**Mixed precision.** Under fp16 autocast (a T4) the two paths are not the same numbers:
+``F.layer_norm`` and the attention kernel accumulate in fp32, while the written-out forms
+compute :math:`(x-\mu)^2` and :math:`QK^\top` in fp16, which overflow above about 256
+and 65504 respectively. The fused path is then the more accurate one, and an fp16 run
+that the written-out path would lose to an overflow may train on the fused path.
 """
 
 from __future__ import annotations

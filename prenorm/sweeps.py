@@ -866,6 +866,7 @@ def mean_over_seeds(
     keys: Sequence[str],
     seed: str = "seed",
     how: Mapping[str, str] | None = None,
+    min_seeds: int = 1,
 ) -> pd.DataFrame:
     r"""Pool the seeds of every cell: one row per distinct combination of ``keys`` (a
     *cell*: a design at a learning rate, say, or a probe's layer at a step), in order of
@@ -873,13 +874,17 @@ def mean_over_seeds(
 
     For a cell with seeds :math:`s = 1..n` and a numeric column :math:`v`, the row holds
     the mean :math:`\bar v = \tfrac1n \sum_s v_s`; a boolean column holds
-    :math:`\bigvee_s v_s` (any seed); other columns the first seed's value. The names in
+    :math:`\bigvee_s v_s` (any seed); other columns the first value that is not missing. The names in
     :data:`SEED_POOLING`, updated by ``how`` (column to a pandas aggregation name), are
     pooled as given: ``diverged`` by *any* (a design that diverged at a learning rate
     under one seed of two is not safe there) and ``diverged_at`` by the earliest step.
     Missing values in ``keys`` form cells of their own (``alpha0`` of a model without
-    DyT, say). ``seed`` must be a column; the spread over seeds is the caller's to
-    report (group ``frame`` by ``seed``).
+    DyT, say). A cell with fewer than ``min_seeds`` seeds is left out: give the number of
+    seeds to pool probe rows, so that a step that not every seed reached (one diverged
+    before it, and a diverged run is probed only up to its stop) is missing, as it was for
+    a diverged run alone, rather than the mean of the seeds that survived. ``seed`` must
+    be a column; the spread over seeds is the caller's to report (group ``frame`` by
+    ``seed``).
     """
     keys = list(keys)
     missing = [k for k in [*keys, seed] if k not in frame.columns]
@@ -887,6 +892,8 @@ def mean_over_seeds(
         raise ValueError(f"columns {missing} are not in the frame; it has {list(frame.columns)}")
     if seed in keys:
         raise ValueError(f"the seed column {seed!r} cannot be a key: it is what is pooled")
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1:
+        raise ValueError(f"min_seeds must be a positive integer, got {min_seeds!r}")
     rules = {**SEED_POOLING, **(how or {})}
     agg: dict[str, str] = {}
     for col in frame.columns:
@@ -903,4 +910,5 @@ def mean_over_seeds(
     groups = frame.groupby(keys, dropna=False, sort=False)
     out = groups.agg(agg) if agg else groups.size().to_frame("_").drop(columns="_")
     out["n_seeds"] = groups[seed].nunique()
+    out = out[out["n_seeds"] >= min_seeds]
     return out.reset_index()[[*keys, *agg, "n_seeds"]]

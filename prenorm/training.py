@@ -17,6 +17,7 @@ and the peak GPU memory of a run is reported where there is one.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import numbers
 import time
@@ -146,14 +147,19 @@ def _fast_step(
     if not fast:
         return cls(params, **kwargs)
     params = list(params)
-    try:
-        return cls(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):  # no fused step for this optimizer/device
-        return cls(params, foreach=True, **kwargs)
+    accepts = inspect.signature(cls.__init__).parameters
+    if "fused" in accepts or any(p.kind is p.VAR_KEYWORD for p in accepts.values()):
+        try:
+            return cls(params, fused=True, **kwargs)
+        except RuntimeError as exc:  # this torch has no fused step for the parameters' device
+            if "fused" not in str(exc):
+                raise
+    return cls(params, foreach=True, **kwargs)
 
 
-#: The optimizers by name; each entry builds one from
-#: ``(params, lr, betas, weight_decay, fast=False)``.
+#: The optimizers by name; each entry builds one from ``(params, lr, betas,
+#: weight_decay)``, and may take ``fast`` (its fused or multi-tensor step), which
+#: :func:`train` passes where the entry accepts it.
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry(
     "optimizer", {"adam": adam, "adamw": adamw, "radam": radam, "sgd": sgd}
 )
@@ -552,7 +558,11 @@ def train(
             dev.type, **({} if grad_scale is None else {"init_scale": grad_scale})
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = OPTIMIZERS[optimizer](params, lr, betas, weight_decay, fast=kernels == "fused")
+    build = OPTIMIZERS[optimizer]
+    if "fast" in inspect.signature(build).parameters:
+        opt = build(params, lr, betas, weight_decay, fast=kernels == "fused")
+    else:  # a builder registered with the four arguments only: its own step
+        opt = build(params, lr, betas, weight_decay)
     gen = torch.Generator().manual_seed(seed)
     val_gen = torch.Generator().manual_seed(seed + 10_000 if val_seed is None else val_seed)
     val_set = [data.batch("val", batch_size, model.seq_len, val_gen) for _ in range(eval_batches)]
@@ -673,7 +683,8 @@ def _backward(
     else:
         loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    # One read of both numbers: on a GPU each read waits for the device.
+    # One read of both numbers: on a GPU each read waits for the device (with an fp16
+    # scaler, its step and update read the scale as well).
     loss_v, gnorm_v = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
     return loss_v, gnorm_v
 
