@@ -8,7 +8,8 @@ that a busy host slows both alike:
    ``kernels="reference"`` (the written-out norms and attention and the plain optimizer
    step: the path every run took before the fast path) and ``kernels="fused"``. The
    step time is the median over the steps of several runs, the first steps of each run
-   dropped.
+   dropped. The same is measured at the preset's sweep batch (8 x 32 at ``cpu``),
+   which chapters 5, 9 and 10 train.
 2. **GFLOP/s and the roofline.** The step's floating-point operations are counted by
    torch's ``FlopCounterMode`` (its matrix products, which are nearly all of them). The
    roofline is what this machine's ``torch.mm``/``torch.bmm`` reach on the step's own
@@ -216,6 +217,32 @@ def measure_compile(scale: str, threads: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def step_table(kw: dict, corpus: P.Corpus, bs: int, seq_len: int, steps: int, repeats: int):
+    """Step time, GFLOP/s, fraction of the roofline and operators per step, both paths."""
+    flops, calls = step_flops_and_shapes(kw, corpus, bs)
+    times: dict[str, list[float]] = {k: [] for k in P.KERNELS}
+    roof = []
+    for _ in range(repeats):  # alternate, so drift in the host's load hits both
+        for k in P.KERNELS:
+            times[k] += step_seconds(kw, corpus, k, steps, bs)
+        roof.append(replay_seconds(calls))
+    roof_s = statistics.median(roof)
+    rows = []
+    for k in P.KERNELS:
+        t = statistics.median(times[k])
+        rows.append({"path": k, "step_ms": 1e3 * t, "GFLOP/s": flops / t / 1e9,
+                     "fraction_of_roofline": roof_s / t,
+                     "ops_per_step": ops_per_step(kw, corpus, k, bs)})  # fmt: skip
+    table = pd.DataFrame(rows).set_index("path")
+    speedup = table.loc["reference", "step_ms"] / table.loc["fused", "step_ms"]
+    print(f"\nbatch {bs} x {seq_len}: {flops / 1e9:.2f} GFLOP per step ({len(calls)} matrix "
+          f"products); roofline: the step's products as plain mm/bmm take "
+          f"{1e3 * roof_s:.1f} ms, {flops / roof_s / 1e9:.1f} GFLOP/s")  # fmt: skip
+    print(table.round(3).to_string())
+    print(f"fused step {speedup:.2f}x faster than the reference step")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="cpu", choices=list(P.PRESETS))
@@ -235,33 +262,12 @@ def main() -> None:
     corpus = P.load_corpus()
     kw = {"vocab_size": corpus.vocab_size, **S.model_kwargs(), "n_layers": S.demo_depth}
     kw["placement"] = "post"
-    bs = S.demo_batch_size
     n_params = _model(kw).num_params()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); demo model: "
-          f"Post-LN, {S.demo_depth} layers, d_model {S.d_model}, batch {bs} x {S.seq_len}, "
-          f"{n_params:,} parameters")  # fmt: skip
-
-    flops, calls = step_flops_and_shapes(kw, corpus, bs)
-    times: dict[str, list[float]] = {k: [] for k in P.KERNELS}
-    roof = []
-    for _ in range(args.repeats):  # alternate, so drift in the host's load hits both
-        for k in P.KERNELS:
-            times[k] += step_seconds(kw, corpus, k, args.steps, bs)
-        roof.append(replay_seconds(calls))
-    roof_s = statistics.median(roof)
-    rows = []
-    for k in P.KERNELS:
-        t = statistics.median(times[k])
-        rows.append({"path": k, "step_ms": 1e3 * t, "GFLOP/s": flops / t / 1e9,
-                     "fraction_of_roofline": roof_s / t,
-                     "ops_per_step": ops_per_step(kw, corpus, k, bs)})  # fmt: skip
-    table = pd.DataFrame(rows).set_index("path")
-    speedup = table.loc["reference", "step_ms"] / table.loc["fused", "step_ms"]
-    print(f"\nGFLOP per step {flops / 1e9:.2f} ({len(calls)} matrix products); roofline: "
-          f"the step's products as plain mm/bmm take {1e3 * roof_s:.1f} ms, "
-          f"{flops / roof_s / 1e9:.1f} GFLOP/s")  # fmt: skip
-    print(table.round(3).to_string())
-    print(f"fused step {speedup:.2f}x faster than the reference step")
+          f"Post-LN, {S.demo_depth} layers, d_model {S.d_model}, {n_params:,} parameters")  # fmt: skip
+    # the demo's batch (chapter 1), then the sweeps' (chapters 5, 9 and 10 train this one)
+    for bs in dict.fromkeys((S.demo_batch_size, S.batch_size)):
+        step_table(kw, corpus, bs, S.seq_len, args.steps, args.repeats)
 
     if args.sweep:
         print(f"\nchapter 5's sweep at '{S.name}', {args.workers} workers, uncached:")
