@@ -35,6 +35,7 @@ from .blocks import (
     Placement,
     layer_placements,
 )
+from .claims import ClaimTest
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .devices import PRESETS, Scale, amp_dtype, device, scale, setup_cpu
 from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jacobian_parts
@@ -68,7 +69,16 @@ from .probes import (
     update_sensitivity,
 )
 from .registry import Registry, UnknownNameError
-from .sweeps import BACKENDS, SEED_POOLING, grid_points, mean_over_seeds, probe_sweep, sweep
+from .stats import depth_exponent, paired_difference, rate, steps_to_reach, t_interval, t_quantile
+from .sweeps import (
+    BACKENDS,
+    SEED_POOLING,
+    grid_points,
+    mean_over_seeds,
+    probe_sweep,
+    runs_of,
+    sweep,
+)
 from .training import (
     AMP_DTYPES,
     MIN_LOSS_SCALE,
@@ -84,7 +94,18 @@ from .training import (
     resolve_amp,
     train,
 )
-from .verdicts import COMPARISONS, VERDICTS, Prediction, compare, direction, failed, verdict
+from .verdicts import (
+    COMPARISONS,
+    OUTCOMES_OF_PREDICTION,
+    VERDICTS,
+    Estimate,
+    Prediction,
+    compare,
+    direction,
+    failed,
+    verdict,
+    verdict_of,
+)
 
 # Plotting (matplotlib, seaborn) is imported on first use, not here: sweep workers import
 # prenorm to train and never plot, and each would pay about a second for it.
@@ -123,10 +144,21 @@ __all__ = [
     "NORM_COLORS",
     "OPTIMIZERS",
     "OUTCOMES",
+    "OUTCOMES_OF_PREDICTION",
     "PLACEMENTS",
     "PLACEMENT_COLORS",
     "PLACEMENT_LABELS",
     "Prediction",
+    "ClaimTest",
+    "Estimate",
+    "depth_exponent",
+    "paired_difference",
+    "rate",
+    "runs_of",
+    "steps_to_reach",
+    "t_interval",
+    "t_quantile",
+    "verdict_of",
     "PRESETS",
     "SCHEDULES",
     "SLOTS",

@@ -655,25 +655,29 @@ def _rows(
     history: bool,
     probes: bool = False,
 ) -> pd.DataFrame:
-    """One row per run (``history=False``) or per step of every run, in grid order. A run
+    """One row per run (``history=False``) or per step of every run, in grid order, each
+    with its run's index in grid order as ``run`` (see :func:`runs_of`). A run
     that raised keeps one row: its grid point, the configuration it was given (for the
     columns the finished runs have), ``diverged=False`` and its ``error``; so does a run
     with no step to show."""
     config_keys = {k for out in outcomes if "summary" in out for k in out["summary"]}
     metas = []
-    for point, job, out in zip(points, jobs, outcomes, strict=True):
+    for run, (point, job, out) in enumerate(zip(points, jobs, outcomes, strict=True)):
         if "error" in out:
             given = {**job["model"], **job["train"], "seed": job["seed"]}
             config = {k: v for k, v in given.items() if k in config_keys}
-            metas.append({**config, **point, "diverged": False, "error": out["error"]})
+            metas.append({"run": run, **config, **point, "diverged": False, "error": out["error"]})
         else:
-            metas.append({**out["summary"], **point, "error": None})
+            metas.append({"run": run, **out["summary"], **point, "error": None})
+    run_columns = list(dict.fromkeys(k for m in metas for k in m if k != "steps_done"))
     if probes:  # one row per probe row; a run with none keeps one row of its own
         frames = []
         for meta, out in zip(metas, outcomes, strict=True):
             found = out.get("probes") or []
             frames.append(pd.DataFrame([{**row, **meta} for row in found] or [meta]))
-        return pd.concat(frames, ignore_index=True)
+        rows = pd.concat(frames, ignore_index=True)
+        rows.attrs["run_columns"] = run_columns
+        return rows
     if not history:
         columns = dict.fromkeys(k for m in metas if m["error"] is None for k in m)
         columns.update(dict.fromkeys(k for m in metas for k in m))
@@ -683,7 +687,44 @@ def _rows(
         meta.pop("steps_done", None)
         steps = pd.DataFrame(out.get("history") or {})
         frames.append(steps.assign(**meta) if len(steps) else pd.DataFrame([meta]))
-    return pd.concat(frames, ignore_index=True)
+    rows = pd.concat(frames, ignore_index=True)
+    rows.attrs["run_columns"] = run_columns
+    return rows
+
+
+def runs_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run from a sweep's history or probe rows (:func:`sweep` with
+    ``history=True`` or ``probes``): each run's first row, with only its run's columns
+    (its configuration and outcome: ``final_val_loss``, ``diverged``, ...), in grid
+    order. The sweep names those columns in ``frame.attrs["run_columns"]``, which
+    filtering keeps; a frame that lost them (``pd.concat`` of two sweeps) keeps the
+    columns that are constant within every run. A frame that already has one row per run comes
+    back as it is (copied). Needs the ``run`` column that :func:`sweep` writes."""
+    if "run" not in frame.columns:
+        raise KeyError(
+            "runs_of needs the 'run' column that sweep() writes; this frame has "
+            f"{list(frame.columns)}"
+        )
+    if not frame.run.duplicated().any():
+        return frame.reset_index(drop=True).copy()
+
+    known = frame.attrs.get("run_columns")
+    if known is not None and "run" in known:
+        keep = [c for c in known if c in frame.columns]
+        first = frame.drop_duplicates("run")
+        return first[keep].sort_values("run", kind="stable").reset_index(drop=True)
+
+    def constant(column: str) -> bool:
+        values = frame[column]
+        try:
+            counts = values.groupby(frame.run).nunique(dropna=False)
+        except TypeError:  # unhashable values (lists): compare their text
+            counts = values.map(repr).groupby(frame.run).nunique(dropna=False)
+        return bool((counts <= 1).all())
+
+    keep = [c for c in frame.columns if c == "run" or constant(c)]
+    first = frame.drop_duplicates("run")
+    return first[keep].sort_values("run", kind="stable").reset_index(drop=True)
 
 
 def sweep(

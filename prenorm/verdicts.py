@@ -3,13 +3,23 @@
 A chapter states its predictions *before* the experiment runs, as
 :class:`Prediction` objects (a quantity, a comparison and a threshold). After the
 experiment, :func:`verdict` turns the measured values into one of the ledger's
-three words by one rule:
+four words by one rule:
 
-- **confirmed**: every prediction holds;
+- **inconclusive**: one of the conditions stated before the experiment for "this
+  test cannot decide" holds (an optimum on the edge of the range searched, say), or
+  no core prediction fails but one is *undecided*: its measured value came with a
+  confidence interval (an :class:`Estimate`) that reaches both sides of the
+  prediction's threshold;
+- **not reproduced at this scale**: a core prediction fails (its value, and all of
+  its interval if it has one, on the wrong side of the threshold);
 - **confirmed with qualification**: every *core* prediction holds (the post's
   claim itself), but at least one secondary prediction (a scope or a mechanism
   the post states or implies) fails;
-- **not reproduced at this scale**: a core prediction fails.
+- **confirmed**: every prediction holds. An undecided secondary prediction does
+  not qualify a verdict; the predictions table shows it as undecided.
+
+:class:`~prenorm.ClaimTest` bundles a claim's predictions, conditions and
+measurements, and is what the chapters use.
 
 :func:`direction` and :func:`compare` give the words for a change or a
 difference (grows / falls / stays flat; larger / smaller / about the same) with a
@@ -25,8 +35,58 @@ from dataclasses import dataclass
 
 from .registry import Registry
 
-#: The three verdicts of the claims ledger, in order of strength.
-VERDICTS = ("confirmed", "confirmed with qualification", "not reproduced at this scale")
+#: The four verdicts of the claims ledger: three in order of strength, then the one for a
+#: test that could not decide.
+VERDICTS = (
+    "confirmed",
+    "confirmed with qualification",
+    "not reproduced at this scale",
+    "inconclusive",
+)
+
+#: How a prediction fared: the value satisfies it, does not, or (with an interval that
+#: reaches both sides of the threshold) cannot tell.
+OUTCOMES_OF_PREDICTION = ("holds", "fails", "undecided")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    r"""A measured value with a confidence interval :math:`[lo, hi]` (``lo <= value <= hi``),
+    for instance the mean of paired differences with its Student-t interval
+    (:func:`~prenorm.paired_difference`). ``float(estimate)`` is the value; ``n`` is the
+    number of observations behind it and ``sd`` their standard deviation (NaN when not
+    known)."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int = 0
+    sd: float = float("nan")
+
+    def __post_init__(self) -> None:
+        for name in ("value", "lo", "hi", "sd"):
+            try:
+                object.__setattr__(self, name, float(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"Estimate.{name} must be a number, got {getattr(self, name)!r}"
+                ) from None
+        object.__setattr__(self, "n", int(self.n))
+        if not any(math.isnan(v) for v in (self.value, self.lo, self.hi)) and not (
+            self.lo <= self.value <= self.hi
+        ):
+            raise ValueError(
+                f"an Estimate needs lo <= value <= hi, got {self.lo} <= {self.value} <= {self.hi}"
+            )
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width."""
+        return (self.hi - self.lo) / 2
+
 
 #: The comparisons a prediction may make, by symbol.
 COMPARISONS: Registry[Callable[[float, float], bool]] = Registry(
@@ -59,7 +119,8 @@ class Prediction:
             COMPARISONS.check(self.op)
 
     def holds(self, value: float) -> bool:
-        """Whether the measured ``value`` satisfies the prediction (a NaN never does)."""
+        """Whether the measured ``value`` satisfies the prediction (a NaN never does). For an
+        :class:`Estimate` this judges its central value; see :meth:`outcome`."""
         value = float(value)
         if math.isnan(value):
             return False
@@ -67,16 +128,50 @@ class Prediction:
             return abs(value - self.threshold) <= self.within
         return COMPARISONS[self.op](value, self.threshold)
 
+    def outcome(self, value: float | Estimate) -> str:
+        """``"holds"``, ``"fails"`` or ``"undecided"`` (one of
+        :data:`OUTCOMES_OF_PREDICTION`). A plain number holds or fails. An
+        :class:`Estimate` is undecided when its interval reaches both values that satisfy
+        the prediction and values that do not (the threshold, or an end of a ``within``
+        band, lies inside it); otherwise its central value decides."""
+        if isinstance(value, Estimate) and not any(
+            math.isnan(v) for v in (value.value, value.lo, value.hi)
+        ):
+            lo, hi = value.lo, value.hi
+            if self.op == "within":
+                a, b = self.threshold - self.within, self.threshold + self.within
+                some_hold = lo <= b and hi >= a
+                some_fail = lo < a or hi > b
+            else:
+                some_hold = self.holds(lo) or self.holds(hi)
+                some_fail = not self.holds(lo) or not self.holds(hi)
+            if some_hold and some_fail:
+                return OUTCOMES_OF_PREDICTION[2]
+        return OUTCOMES_OF_PREDICTION[0] if self.holds(value) else OUTCOMES_OF_PREDICTION[1]
+
+    @property
+    def predicted(self) -> str:
+        """The prediction without its quantity: ``"> 0.05"`` or ``"within 0.1 of 0.15"``."""
+        if self.op == "within":
+            return f"within {self.within:g} of {self.threshold:g}"
+        return f"{self.op} {self.threshold:g}"
+
     def __str__(self) -> str:
         if self.op == "within":
             return f"|{self.quantity} - {self.threshold:g}| <= {self.within:g}"
         return f"{self.quantity} {self.op} {self.threshold:g}"
 
 
-def verdict(predictions: Iterable[Prediction], measured: Mapping[str, float]) -> str:
+def verdict(
+    predictions: Iterable[Prediction],
+    measured: Mapping[str, float | Estimate],
+    undecidable: Iterable[bool] = (),
+) -> str:
     """The ledger's verdict for ``predictions`` given the ``measured`` values (by
-    quantity name); see the module docstring for the rule. Every prediction's
-    quantity must have been measured."""
+    quantity name; a value may be an :class:`Estimate`) and ``undecidable``, whether
+    each condition stated before the experiment for "this test cannot decide" came true;
+    see the module docstring for the rule. Every prediction's quantity must have been
+    measured."""
     predictions = list(predictions)
     if not predictions:
         raise ValueError("a verdict needs at least one prediction")
@@ -85,15 +180,35 @@ def verdict(predictions: Iterable[Prediction], measured: Mapping[str, float]) ->
     missing = sorted({p.quantity for p in predictions} - set(measured))
     if missing:
         raise ValueError(f"no measured value for {missing}; measured: {sorted(measured)}")
-    results = [(p, p.holds(measured[p.quantity])) for p in predictions]
-    if not all(ok for p, ok in results if p.core):
+    return verdict_of([(p.core, p.outcome(measured[p.quantity])) for p in predictions], undecidable)
+
+
+def verdict_of(outcomes: Iterable[tuple[bool, str]], undecidable: Iterable[bool] = ()) -> str:
+    """The verdict from each prediction's ``(core, outcome)`` (an outcome is one of
+    :data:`OUTCOMES_OF_PREDICTION`) and the undecidability conditions' truth values, by
+    the rule of the module docstring."""
+    outcomes = list(outcomes)
+    bad = [o for _, o in outcomes if o not in OUTCOMES_OF_PREDICTION]
+    if bad:
+        raise ValueError(f"unknown outcomes {bad}; valid: {list(OUTCOMES_OF_PREDICTION)}")
+    if not any(core for core, _ in outcomes):
+        raise ValueError("a verdict needs at least one core prediction (the claim itself)")
+    if any(bool(f) for f in undecidable):
+        return VERDICTS[3]
+    core = [o for c, o in outcomes if c]
+    if "fails" in core:
         return VERDICTS[2]
-    return VERDICTS[0] if all(ok for _, ok in results) else VERDICTS[1]
+    if "undecided" in core:
+        return VERDICTS[3]
+    return VERDICTS[1] if any(o == "fails" for _, o in outcomes) else VERDICTS[0]
 
 
-def failed(predictions: Iterable[Prediction], measured: Mapping[str, float]) -> list[str]:
-    """The predictions that the measured values do not satisfy, as readable strings."""
-    return [str(p) for p in predictions if not p.holds(measured[p.quantity])]
+def failed(
+    predictions: Iterable[Prediction], measured: Mapping[str, float | Estimate]
+) -> list[str]:
+    """The predictions that the measured values do not satisfy, as readable strings (an
+    undecided prediction is not among them)."""
+    return [str(p) for p in predictions if p.outcome(measured[p.quantity]) == "fails"]
 
 
 def direction(

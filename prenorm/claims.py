@@ -1,0 +1,249 @@
+"""One object per claim a chapter tests: :class:`ClaimTest`.
+
+A chapter states, *before* its experiment, the predictions that would confirm a
+claim of the post (:class:`~prenorm.Prediction`, keyed by short ids) and the
+conditions under which the experiment could not decide it. After the experiment it
+gives the measurements by the same ids; from them the object computes, each in one
+place, the verdict (:func:`~prenorm.verdict`), the tables the reader sees, the
+values glued into the prose and the claims ledger's row::
+
+    c14 = P.ClaimTest(
+        "C14",
+        section="coda-sweeps",
+        predictions={
+            "miss": P.Prediction("cost of a 3x learning-rate miss / norm gap", ">=", 3.0),
+            "beta": P.Prediction("beta2 range / norm gap", ">", 1.0, core=False),
+        },
+        undecidable={"edge": "the best learning rate is the smallest or largest tried"},
+    )
+    c14.predictions_table()            # shown before the experiment
+    ...                                # the experiment
+    c14.measure(miss=4.2, beta=0.3, edge=False)
+    c14.glue()                         # c14_verdict, c14_miss, c14_beta, ...
+    c14.results_table()                # what the reader sees after it
+    c14.record("3x lr miss costs ...", scale=ch.scale.name)
+
+A measurement may be an :class:`~prenorm.Estimate` (a value with a confidence
+interval); a prediction whose threshold lies inside that interval is *undecided*,
+which makes the verdict *inconclusive* when the prediction is a core one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import ledger
+from .verdicts import Estimate, Prediction, verdict_of
+
+__all__ = ["ClaimTest"]
+
+
+def _check_id(kind: str, key: str) -> None:
+    if not (isinstance(key, str) and key.isidentifier()):
+        raise ValueError(
+            f"{kind} ids must be Python identifiers (they name glue keys), got {key!r}"
+        )
+
+
+@dataclass
+class ClaimTest:
+    """The test of one claim of the ledger (``claim``, a key of
+    :data:`~prenorm.ledger.CLAIMS`), measured in the section labelled ``section``.
+
+    ``predictions`` maps short ids to the :class:`~prenorm.Prediction` objects stated
+    before the experiment; ``undecidable`` maps short ids to conditions, in words, under
+    which the experiment cannot decide the claim (each is later measured as ``True`` or
+    ``False``). :meth:`measure` takes a value for every id; the verdict follows the rule of
+    :mod:`prenorm.verdicts`: a condition that came true, or an undecided core prediction
+    with none failing, gives ``"inconclusive"``.
+    """
+
+    claim: str
+    section: str
+    predictions: Mapping[str, Prediction]
+    undecidable: Mapping[str, str] = field(default_factory=dict)
+    measured: dict[str, float | Estimate | bool] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        ledger.CLAIMS.check(self.claim)
+        if not self.predictions:
+            raise ValueError(f"claim {self.claim}: a test needs at least one prediction")
+        for key, p in self.predictions.items():
+            _check_id("prediction", key)
+            if not isinstance(p, Prediction):
+                raise TypeError(f"prediction {key!r} of {self.claim} is not a Prediction: {p!r}")
+        if not any(p.core for p in self.predictions.values()):
+            raise ValueError(f"claim {self.claim}: at least one prediction must be core")
+        for key, text in self.undecidable.items():
+            _check_id("condition", key)
+            if key in self.predictions:
+                raise ValueError(f"{key!r} names both a prediction and a condition of {self.claim}")
+            if not (isinstance(text, str) and text.strip()):
+                raise ValueError(f"condition {key!r} of {self.claim} needs a statement in words")
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this claim's glue keys: ``"c14"`` for C14."""
+        return self.claim.lower()
+
+    def measure(self, **values: float | Estimate | bool) -> ClaimTest:
+        """Record the measurements: one value (a number or an :class:`~prenorm.Estimate`)
+        per prediction id and one ``bool`` per condition id, all of them, by keyword.
+        Returns the test itself."""
+        expected = set(self.predictions) | set(self.undecidable)
+        unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
+        if unknown or missing:
+            raise ValueError(
+                f"claim {self.claim}: measure() takes exactly the ids {sorted(expected)}; "
+                + "; ".join(
+                    s
+                    for s in (
+                        f"unknown: {unknown}" if unknown else "",
+                        f"missing: {missing}" if missing else "",
+                    )
+                    if s
+                )
+            )
+        checked: dict[str, float | Estimate | bool] = {}
+        for key, value in values.items():
+            if key in self.undecidable:
+                if not isinstance(value, bool):
+                    raise TypeError(
+                        f"condition {key!r} of {self.claim} is True or False, got {value!r}"
+                    )
+                checked[key] = value
+            elif isinstance(value, Estimate):
+                checked[key] = value
+            else:
+                try:
+                    checked[key] = float(value)
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        f"prediction {key!r} of {self.claim} needs a number or an Estimate, "
+                        f"got {value!r}"
+                    ) from None
+        self.measured = checked
+        return self
+
+    def _need_measured(self) -> None:
+        if not self.measured:
+            raise RuntimeError(f"claim {self.claim}: call measure() before asking for results")
+
+    @property
+    def verdict(self) -> str:
+        """The ledger's verdict, computed from the measurements."""
+        self._need_measured()
+        return verdict_of(
+            [(p.core, self.outcome(k)) for k, p in self.predictions.items()],
+            [self.measured[k] for k in self.undecidable],
+        )
+
+    def outcome(self, key: str) -> str:
+        """How prediction ``key`` fared: ``"holds"``, ``"fails"`` or ``"undecided"``."""
+        self._need_measured()
+        if key not in self.predictions:
+            raise KeyError(
+                f"{key!r} is not a prediction of {self.claim}; valid: {list(self.predictions)}"
+            )
+        return self.predictions[key].outcome(self.measured[key])
+
+    def ids(self, outcome: str) -> list[str]:
+        """The ids of the predictions with this ``outcome``."""
+        return [k for k in self.predictions if self.outcome(k) == outcome]
+
+    @property
+    def conditions_met(self) -> list[str]:
+        """The ids of the undecidability conditions that came true."""
+        self._need_measured()
+        return [k for k in self.undecidable if self.measured[k]]
+
+    def value(self, key: str) -> float:
+        """The measured value of prediction ``key`` as a float (an Estimate's centre)."""
+        self._need_measured()
+        return float(self.measured[key])
+
+    def sentence(self, outcome: str = "fails") -> str:
+        """The predictions with this ``outcome``, in words, joined by semicolons
+        (``"none"`` if there are none)."""
+        found = [str(self.predictions[k]) for k in self.ids(outcome)]
+        return "; ".join(found) if found else "none"
+
+    def predictions_table(self) -> pd.DataFrame:
+        """The predictions and conditions as stated before the experiment: one row each,
+        with its id, the quantity, what is predicted and its kind (core, secondary, or a
+        condition under which the test cannot decide)."""
+        rows = [
+            {
+                "claim": self.claim,
+                "id": k,
+                "quantity": p.quantity,
+                "predicted": p.predicted,
+                "kind": "core" if p.core else "secondary",
+            }
+            for k, p in self.predictions.items()
+        ]
+        rows += [
+            {
+                "claim": self.claim,
+                "id": k,
+                "quantity": text,
+                "predicted": "inconclusive if true",
+                "kind": "condition",
+            }
+            for k, text in self.undecidable.items()
+        ]
+        return pd.DataFrame(rows)
+
+    def results_table(self, digits: int = 3) -> pd.DataFrame:
+        """The predictions table with the measurements: the measured value, its interval
+        (for an Estimate) and the outcome; conditions show whether they came true."""
+        self._need_measured()
+        table = self.predictions_table()
+        measured, interval, outcome = [], [], []
+        for k in table.id:
+            v = self.measured[k]
+            if k in self.undecidable:
+                measured.append(str(v))
+                interval.append("")
+                outcome.append("inconclusive" if v else "does not apply")
+                continue
+            measured.append(f"{float(v):.{digits}g}" if not math.isnan(float(v)) else "nan")
+            interval.append(
+                f"[{v.lo:.{digits}g}, {v.hi:.{digits}g}]" if isinstance(v, Estimate) else ""
+            )
+            outcome.append(self.outcome(k))
+        table["measured"] = measured
+        if any(interval):
+            table["interval"] = interval
+        table["outcome"] = outcome
+        return table
+
+    def glue(self) -> str:
+        """Glue, under this claim's :attr:`prefix`: ``{prefix}_verdict``; the failed, held
+        and undecided predictions in words (``{prefix}_failed``, ``{prefix}_held``,
+        ``{prefix}_undecided``); and each prediction's measured value as
+        ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``).
+        Returns the verdict."""
+        from .plotting import glue as _glue  # plotting is imported on first use
+
+        v = self.verdict
+        p = self.prefix
+        _glue(f"{p}_verdict", v)
+        for outcome, word in (("fails", "failed"), ("holds", "held"), ("undecided", "undecided")):
+            _glue(f"{p}_{word}", self.sentence(outcome))
+        for k in self.predictions:
+            m = self.measured[k]
+            _glue(f"{p}_{k}", float(m))
+            if isinstance(m, Estimate):
+                _glue(f"{p}_{k}_lo", m.lo)
+                _glue(f"{p}_{k}_hi", m.hi)
+        return v
+
+    def record(self, key: str, scale: str) -> dict[str, str]:
+        """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
+        verdict, the ``key`` number as text and this test's section. Returns the row."""
+        return ledger.record(self.claim, self.verdict, key, section=self.section, scale=scale)

@@ -1,0 +1,152 @@
+r"""The analyses that feed the verdicts: paired differences with Student-t intervals,
+power-law exponents from log-log fits, steps to reach a target loss, and outcome
+rates by cell. Each takes tidy data and returns numbers (or an
+:class:`~prenorm.Estimate`), so a chapter calls it rather than writing it out.
+
+Student's t quantile is computed here (scipy is not a dependency): the CDF
+:math:`F(x) = \tfrac12 + \int_0^x f(u)\,du` with the density
+:math:`f(u) = \frac{\Gamma((\nu+1)/2)}{\sqrt{\nu\pi}\,\Gamma(\nu/2)}(1 + u^2/\nu)^{-(\nu+1)/2}`
+is integrated by the trapezoid rule on a fine grid and inverted by bisection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .verdicts import Estimate
+
+__all__ = [
+    "depth_exponent",
+    "paired_difference",
+    "rate",
+    "steps_to_reach",
+    "t_interval",
+    "t_quantile",
+]
+
+
+def t_quantile(p: float, df: int) -> float:
+    r"""The ``p``-quantile of Student's t with ``df`` degrees of freedom, for
+    :math:`0.5 \le p < 1` (by symmetry, :math:`t_{1-p} = -t_p`). Accurate to about
+    :math:`10^{-6}` for ``df >= 1`` and ``p <= 0.999``."""
+    if not (isinstance(df, int | np.integer) and df >= 1):
+        raise ValueError(f"df must be a positive integer, got {df!r}")
+    if not 0.5 <= p < 1:
+        raise ValueError(f"p must be in [0.5, 1), got {p!r}")
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        u = np.linspace(0.0, x, 20_001)
+        return 0.5 + float(np.trapezoid(np.exp(logc - (df + 1) / 2 * np.log1p(u * u / df)), u))
+
+    lo, hi = 0.0, 1e3
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(values: Sequence[float] | pd.Series | np.ndarray, level: float = 0.95) -> Estimate:
+    r"""The mean of ``values`` with its two-sided Student-t interval at ``level``:
+    :math:`\bar d \pm t_{(1+\text{level})/2,\,n-1}\, s/\sqrt n`, where :math:`s` is the
+    sample standard deviation (``ddof=1``). With one value the interval is
+    :math:`(-\infty, \infty)`: one observation says nothing about its spread."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    d = np.asarray(values, dtype=float)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"t_interval needs a non-empty 1-D sequence, got shape {d.shape}")
+    if np.isnan(d).any():
+        raise ValueError("t_interval got NaN values; drop the runs that did not finish first")
+    mean = float(d.mean())
+    if len(d) == 1:
+        return Estimate(mean, -math.inf, math.inf, n=1)
+    sd = float(d.std(ddof=1))
+    half = t_quantile((1 + level) / 2, len(d) - 1) * sd / math.sqrt(len(d))
+    return Estimate(mean, mean - half, mean + half, n=len(d), sd=sd)
+
+
+def paired_difference(
+    frame: pd.DataFrame,
+    by: str,
+    a: object,
+    b: object,
+    value: str = "final_val_loss",
+    pair: Sequence[str] = ("seed",),
+    level: float = 0.95,
+) -> Estimate:
+    r"""The mean paired difference :math:`d_i = y_i(a) - y_i(b)` with its Student-t interval
+    (:func:`t_interval`): rows of ``frame`` are paired by the columns ``pair`` (seeds, and
+    grid cells if named), ``by`` says which side of the pair a row is on, ``value`` is the
+    measurement. Pairs missing a side are dropped. Raises if no pair is complete or a
+    pair has two rows on one side."""
+    for col in (by, value, *pair):
+        if col not in frame.columns:
+            raise KeyError(f"column {col!r} is not in the frame; columns: {list(frame.columns)}")
+    sides = frame[frame[by].isin([a, b])]
+    if sides.duplicated(subset=[*pair, by]).any():
+        raise ValueError(
+            f"more than one row per pair {list(pair)} and {by!r}: pair by more columns"
+        )
+    wide = sides.pivot_table(index=list(pair), columns=by, values=value, aggfunc="first")
+    if a not in wide.columns or b not in wide.columns:
+        raise ValueError(f"{by!r} has no rows for both {a!r} and {b!r}")
+    d = (wide[a] - wide[b]).dropna()
+    if not len(d):
+        raise ValueError(f"no complete pair of {a!r} and {b!r}")
+    return t_interval(d.to_numpy(), level)
+
+
+def depth_exponent(x: Sequence[float], y: Sequence[float]) -> float:
+    r"""The exponent :math:`k` of a power law :math:`y \propto x^k`: the slope of the
+    least-squares line through :math:`(\log x, \log y)`. Needs two or more distinct
+    positive ``x`` and positive ``y``."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of one length, got {x.shape} and {y.shape}")
+    if not (np.all(x > 0) and np.all(y > 0)):
+        raise ValueError("a log-log fit needs positive x and y")
+    if len(np.unique(x)) < 2:
+        raise ValueError("a log-log fit needs at least two distinct x")
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def steps_to_reach(step: Sequence[float], loss: Sequence[float], target: float) -> float:
+    r"""The first step at which a loss curve reaches ``target`` (``loss <= target``),
+    interpolated linearly between the two logged steps around the crossing; ``inf`` if
+    it never does. ``step`` must increase."""
+    s, v = np.asarray(step, dtype=float), np.asarray(loss, dtype=float)
+    if s.shape != v.shape or s.ndim != 1 or not len(s):
+        raise ValueError(
+            f"step and loss must be 1-D of one non-zero length, got {s.shape}, {v.shape}"
+        )
+    if np.any(np.diff(s) <= 0):
+        raise ValueError("steps must increase")
+    hit = np.flatnonzero(v <= target)
+    if not len(hit):
+        return math.inf
+    i = int(hit[0])
+    if i == 0:
+        return float(s[0])
+    f = (v[i - 1] - target) / (v[i - 1] - v[i])
+    return float(s[i - 1] + f * (s[i] - s[i - 1]))
+
+
+def rate(outcomes: pd.Series | Sequence[str], word: str) -> float:
+    """The fraction of runs whose outcome (one of :data:`~prenorm.OUTCOMES`) is ``word``;
+    ``word="failed"`` counts every run that did not train (stalled or diverged). NaN for
+    no runs."""
+    from .training import OUTCOMES
+
+    if word not in (*OUTCOMES, "failed"):
+        raise ValueError(f"unknown outcome {word!r}; valid: {[*OUTCOMES, 'failed']}")
+    s = pd.Series(outcomes, dtype=object)
+    if not len(s):
+        return math.nan
+    if word == "failed":
+        return float((s != "trained").mean())
+    return float((s == word).mean())

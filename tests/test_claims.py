@@ -1,0 +1,130 @@
+"""ClaimTest and the fourth verdict: each test names the result that would make it fail."""
+
+import json
+import math
+
+import pytest
+
+import prenorm as P
+
+
+def _c13() -> P.ClaimTest:
+    return P.ClaimTest(
+        "C13",
+        section="sec",
+        predictions={
+            "ci_end": P.Prediction("largest |end| of the interval", "<", 0.02),
+            "seed": P.Prediction("mean / seed SD", "<", 1.0, core=False),
+        },
+        undecidable={"edge": "the best learning rate is on the edge of the range"},
+    )
+
+
+def test_estimate_straddling_the_threshold_is_undecided():
+    p = P.Prediction("gap", "<", 0.02)
+    assert p.outcome(P.Estimate(0.01, 0.0, 0.03)) == "undecided"  # 0.02 inside [0, 0.03]
+    assert p.outcome(P.Estimate(0.01, 0.0, 0.015)) == "holds"
+    assert p.outcome(P.Estimate(0.05, 0.03, 0.07)) == "fails"
+    assert p.outcome(0.01) == "holds" and p.outcome(math.nan) == "fails"
+    band = P.Prediction("saved", "within", 0.15, within=0.1)
+    assert band.outcome(P.Estimate(0.15, 0.1, 0.2)) == "holds"
+    assert band.outcome(P.Estimate(0.24, 0.2, 0.3)) == "undecided"  # reaches past 0.25
+    assert band.outcome(P.Estimate(0.15, 0.0, 0.5)) == "undecided"  # covers the whole band
+    assert band.outcome(P.Estimate(0.4, 0.3, 0.5)) == "fails"
+
+
+def test_estimate_validates():
+    with pytest.raises(ValueError, match="lo <= value <= hi"):
+        P.Estimate(1.0, 2.0, 3.0)
+    with pytest.raises(TypeError, match="Estimate.lo"):
+        P.Estimate(1.0, "a", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("ci_end", "seed", "edge", "expected"),
+    [
+        (0.01, 0.5, False, "confirmed"),
+        (0.01, 2.0, False, "confirmed with qualification"),
+        (0.05, 0.5, False, "not reproduced at this scale"),
+        (P.Estimate(0.01, 0.0, 0.03), 0.5, False, "inconclusive"),  # core undecided
+        (0.01, 0.5, True, "inconclusive"),  # a stated condition came true
+        (0.05, 0.5, True, "inconclusive"),  # the test could not decide even a failure
+        (0.01, P.Estimate(0.5, 0.1, 1.5), False, "confirmed"),  # secondary undecided
+    ],
+)
+def test_verdict_rule(ci_end, seed, edge, expected):
+    c = _c13().measure(ci_end=ci_end, seed=seed, edge=edge)
+    assert c.verdict == expected
+    assert expected in P.VERDICTS
+
+
+def test_verdict_function_agrees_with_the_object():
+    ps = [P.Prediction("a", ">", 0), P.Prediction("b", ">", 0, core=False)]
+    assert P.verdict(ps, {"a": P.Estimate(0.1, -0.1, 0.3), "b": 1}) == "inconclusive"
+    assert P.verdict(ps, {"a": 1, "b": -1}) == "confirmed with qualification"
+    assert P.verdict(ps, {"a": 1, "b": 1}, undecidable=[True]) == "inconclusive"
+    assert P.failed(ps, {"a": P.Estimate(0.1, -0.1, 0.3), "b": -1}) == ["b > 0"]
+
+
+def test_measure_checks_ids_and_types():
+    c = _c13()
+    with pytest.raises(ValueError, match=r"missing: \['edge'\]"):
+        c.measure(ci_end=0.1, seed=1.0)
+    with pytest.raises(ValueError, match=r"unknown: \['nope'\]"):
+        c.measure(ci_end=0.1, seed=1.0, edge=False, nope=1)
+    with pytest.raises(TypeError, match="condition 'edge'"):
+        c.measure(ci_end=0.1, seed=1.0, edge=1)
+    with pytest.raises(TypeError, match="prediction 'seed'"):
+        c.measure(ci_end=0.1, seed="x", edge=False)
+    with pytest.raises(RuntimeError, match="measure"):
+        _ = _c13().verdict
+
+
+def test_construction_is_validated():
+    p = P.Prediction("x", ">", 0)
+    with pytest.raises(ValueError, match="claim"):
+        P.ClaimTest("C99", "sec", {"x": p})
+    with pytest.raises(ValueError, match="identifiers"):
+        P.ClaimTest("C1", "sec", {"not an id": p})
+    with pytest.raises(ValueError, match="core"):
+        P.ClaimTest("C1", "sec", {"x": P.Prediction("x", ">", 0, core=False)})
+    with pytest.raises(ValueError, match="both"):
+        P.ClaimTest("C1", "sec", {"x": p}, undecidable={"x": "words"})
+    with pytest.raises(TypeError, match="Prediction"):
+        P.ClaimTest("C1", "sec", {"x": 3})
+
+
+def test_tables_show_what_was_measured():
+    c = _c13()
+    before = c.predictions_table()
+    assert list(before.id) == ["ci_end", "seed", "edge"]
+    assert list(before.kind) == ["core", "secondary", "condition"]
+    assert list(before.predicted[:2]) == ["< 0.02", "< 1"]
+    c.measure(ci_end=P.Estimate(0.01, 0.0, 0.03), seed=2.0, edge=False)
+    after = c.results_table()
+    assert list(after.outcome) == ["undecided", "fails", "does not apply"]
+    assert after.interval.iloc[0] == "[0, 0.03]"
+    assert c.sentence("fails") == "mean / seed SD < 1" and c.sentence("holds") == "none"
+
+
+def test_record_writes_the_computed_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    c = _c13().measure(ci_end=0.05, seed=0.5, edge=False)
+    row = c.record("gap 0.05", scale="ci")
+    saved = json.loads((tmp_path / "C13.json").read_text())
+    assert saved["verdict"] == row["verdict"] == "not reproduced at this scale"
+    assert saved["section"] == "sec"
+    assert "verdict-inconclusive" in P.ledger.to_html(
+        P.ledger.read(directory=tmp_path, claims=["C13"]).assign(verdict="inconclusive")
+    )
+
+
+def test_glue_names(monkeypatch):
+    glued = {}
+    monkeypatch.setattr(P.plotting, "glue", lambda name, value: glued.setdefault(name, value))
+    c = _c13().measure(ci_end=P.Estimate(0.01, 0.0, 0.015), seed=2.0, edge=False)
+    assert c.glue() == "confirmed with qualification"
+    assert glued["c13_verdict"] == "confirmed with qualification"
+    assert glued["c13_ci_end"] == 0.01 and glued["c13_ci_end_hi"] == 0.015
+    assert glued["c13_failed"] == "mean / seed SD < 1"
+    assert glued["c13_held"] == "largest |end| of the interval < 0.02"

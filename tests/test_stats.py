@@ -1,0 +1,135 @@
+"""The analyses behind the verdicts, against values computed another way."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import prenorm as P
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "tabulated"),
+    [
+        (0.975, 1, 12.7062),
+        (0.975, 2, 4.3027),
+        (0.975, 4, 2.7764),
+        (0.95, 10, 1.8125),
+        (0.995, 30, 2.7500),
+        (0.5, 3, 0.0),
+    ],
+)
+def test_t_quantile_matches_tables(p, df, tabulated):
+    assert P.t_quantile(p, df) == pytest.approx(tabulated, abs=1e-3)
+
+
+def test_t_quantile_inverts_torchs_cdf():
+    # torch's StudentT has no icdf, but its log_prob integrates to the CDF independently
+    x = P.t_quantile(0.9, 5)
+    u = torch.linspace(-60.0, x, 400_001, dtype=torch.float64)
+    cdf = torch.trapezoid(torch.distributions.StudentT(5.0).log_prob(u).exp(), u).item()
+    assert cdf == pytest.approx(0.9, abs=1e-4)
+
+
+def test_t_quantile_validates():
+    with pytest.raises(ValueError, match="df"):
+        P.t_quantile(0.975, 0)
+    with pytest.raises(ValueError, match="p must"):
+        P.t_quantile(0.2, 3)
+
+
+def test_t_interval_is_the_textbook_formula():
+    d = np.array([0.3, -0.1, 0.2, 0.4, 0.0])
+    e = P.t_interval(d)
+    half = 2.7764 * d.std(ddof=1) / math.sqrt(5)
+    assert e.value == pytest.approx(d.mean())
+    assert (e.lo, e.hi) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-4)
+    assert e.n == 5 and e.sd == pytest.approx(d.std(ddof=1))
+    one = P.t_interval([0.3])
+    assert one.lo == -math.inf and one.hi == math.inf
+    with pytest.raises(ValueError, match="NaN"):
+        P.t_interval([0.1, float("nan")])
+
+
+def test_paired_difference_pairs_by_seed_not_by_order():
+    frame = pd.DataFrame(
+        {
+            "norm": ["a", "a", "a", "b", "b", "b"],
+            "seed": [0, 1, 2, 2, 1, 0],  # b's rows in the other order
+            "final_val_loss": [1.0, 2.0, 3.0, 2.5, 2.2, 1.1],
+        }
+    )
+    e = P.paired_difference(frame, "norm", "a", "b")
+    d = np.array([1.0 - 1.1, 2.0 - 2.2, 3.0 - 2.5])
+    assert e.value == pytest.approx(d.mean()) and e.n == 3
+    assert e.sd == pytest.approx(d.std(ddof=1))
+    with pytest.raises(ValueError, match="both"):
+        P.paired_difference(frame, "norm", "a", "c")
+    with pytest.raises(ValueError, match="more than one row"):
+        P.paired_difference(pd.concat([frame, frame]), "norm", "a", "b")
+    with pytest.raises(KeyError, match="lr"):
+        P.paired_difference(frame, "norm", "a", "b", pair=("lr",))
+
+
+def test_depth_exponent_recovers_a_power_law():
+    x = np.array([2, 4, 8, 16])
+    assert P.depth_exponent(x, 3.0 * x**-0.5) == pytest.approx(-0.5)
+    assert P.depth_exponent(x, 7.0 * x**1.25) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="positive"):
+        P.depth_exponent(x, -x)
+    with pytest.raises(ValueError, match="distinct"):
+        P.depth_exponent([2, 2], [1, 2])
+
+
+def test_steps_to_reach_interpolates():
+    step, loss = [0, 10, 20, 30], [4.0, 3.0, 2.0, 1.5]
+    assert P.steps_to_reach(step, loss, 2.5) == pytest.approx(15.0)
+    assert P.steps_to_reach(step, loss, 3.0) == 10.0  # reached exactly at a logged step
+    assert P.steps_to_reach(step, loss, 5.0) == 0.0
+    assert P.steps_to_reach(step, loss, 1.0) == math.inf
+    with pytest.raises(ValueError, match="increase"):
+        P.steps_to_reach([0, 0], [1, 1], 1)
+
+
+def test_rate_counts_failures_as_not_trained():
+    outcomes = ["trained", "stalled", "diverged", "trained"]
+    assert P.rate(outcomes, "failed") == 0.5
+    assert P.rate(outcomes, "trained") == 0.5
+    assert P.rate(outcomes, "diverged") == 0.25
+    assert math.isnan(P.rate([], "trained"))
+    with pytest.raises(ValueError, match="valid"):
+        P.rate(outcomes, "exploded")
+
+
+def test_runs_of_gives_one_row_per_run(corpus):
+    kw = {
+        "vocab_size": corpus.vocab_size,
+        "d_model": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "seq_len": 16,
+    }
+    tk = {"steps": 4, "batch_size": 2, "lr": 1e-3, "warmup_steps": 2}
+    hist = P.sweep(
+        corpus,
+        {"placement": ["pre", "post"], "seed": [0, 1]},
+        kw,
+        tk,
+        history=True,
+        progress=False,
+        workers=1,
+    )
+    plain = P.sweep(
+        corpus, {"placement": ["pre", "post"], "seed": [0, 1]}, kw, tk, progress=False, workers=1
+    )
+    runs = P.runs_of(hist[hist.step >= 0])  # filtering keeps the sweep's run columns
+    assert list(runs.run) == [0, 1, 2, 3]
+    assert "train_loss" not in runs.columns and "step" not in runs.columns
+    assert list(runs.final_val_loss) == list(plain.final_val_loss)
+    assert list(runs.lr) == [1e-3] * 4  # the configured rate, not the warmup's per-step rate
+    glued = pd.concat([hist, hist.assign(run=hist.run + 4)])  # concat loses the attrs
+    assert len(P.runs_of(glued)) == 8
+    with pytest.raises(KeyError, match="run"):
+        P.runs_of(hist.drop(columns="run"))
