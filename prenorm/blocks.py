@@ -9,7 +9,7 @@ placement      residual step                                                    
 =============  ==================================================================  ==========================
 ``post``       :math:`x' = \mathrm{LN}(x + F(x))`                                  Vaswani et al. 2017
 ``pre``        :math:`x' = x + F(\mathrm{LN}(x))`                                  GPT-2, Xiong et al. 2020
-``sandwich``   :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`                   Gemma 2, Peri-LN
+``peri``   :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`                   Gemma 2, Peri-LN
 ``deepnorm``   :math:`x' = \mathrm{LN}(\alpha x + F(x))`                           Wang et al. 2022
 ``reorder``    :math:`x' = x + \mathrm{LN}(F(x))`                                  OLMo 2
 ``mixln``      ``post`` in layers :math:`l < \lfloor\rho L\rfloor`, then ``pre``   Li et al. 2024 (Mix-LN)
@@ -103,7 +103,7 @@ PLACEMENTS: Registry[Placement] = Registry(
             formula=r"x' = x + F(\mathrm{LN}(x))",
             source="GPT-2; Xiong et al. 2020",
         ),
-        "sandwich": Placement(
+        "peri": Placement(
             norm_in=True,
             norm_out=True,
             final_norm=True,
@@ -308,7 +308,7 @@ class Block(nn.Module):
     ``placement`` is a key of :data:`PLACEMENTS` (see the module docstring for the
     equations) with a single step (not a per-layer rule such as ``"mixln"``, which
     :class:`~prenorm.TransformerLM` resolves), ``norm`` a key of :data:`~prenorm.NORMS`.
-    ``alpha`` scales the skip path for ``placement="deepnorm"`` (:math:`(2N)^{1/4}` for
+    ``skip_scale`` (:math:`\alpha`) scales the skip path for ``placement="deepnorm"`` (:math:`(2N)^{1/4}` for
     an N-layer decoder; :class:`~prenorm.TransformerLM` sets it); ``activation`` is the
     MLP's. ``layer`` is the block's 0-based index in the stack (LayerNorm Scaling divides
     by :math:`\sqrt{\text{layer}+1}`); ``qk_norm`` adds QK-norm to the attention
@@ -332,7 +332,7 @@ class Block(nn.Module):
         norm: str = "layernorm",
         mlp_ratio: int = 4,
         bias: bool = True,
-        alpha: float = 1.0,
+        skip_scale: float = 1.0,
         activation: str = "gelu",
         *,
         layer: int = 0,
@@ -361,11 +361,11 @@ class Block(nn.Module):
             )
         self.norm_name = NORMS.check(norm)
         _norm_kwargs(norm, bias, alpha0)  # an alpha0 for a norm without one fails here
-        if not self.spec.scaled_residual and alpha != 1.0:
+        if not self.spec.scaled_residual and skip_scale != 1.0:
             raise ValueError(
-                f"alpha={alpha} only applies to placement='deepnorm', not {placement!r}"
+                f"skip_scale={skip_scale} only applies to placement='deepnorm', not {placement!r}"
             )
-        self.alpha = float(alpha)
+        self.skip_scale = float(skip_scale)
         self.layer = layer
         #: LayerNorm Scaling's factor on the input norm's output (1 for other placements).
         self.depth_scale = 1 / math.sqrt(layer + 1) if self.spec.depth_scaled else 1.0
@@ -396,7 +396,7 @@ class Block(nn.Module):
             raise unknown("sublayer", which, SUBLAYERS)
         return self.attn if which == "attn" else self.mlp
 
-    def norm(self, which: str, slot: str) -> nn.Module | None:
+    def norm_at(self, which: str, slot: str) -> nn.Module | None:
         """The norm of sublayer ``which`` in ``slot`` (one of :data:`SLOTS`), or ``None``
         where the placement has none."""
         self.sublayer(which)
@@ -409,7 +409,7 @@ class Block(nn.Module):
             (which, slot, n)
             for which in SUBLAYERS
             for slot in SLOTS
-            if (n := self.norm(which, slot)) is not None
+            if (n := self.norm_at(which, slot)) is not None
         ]
 
     def branch(self, which: str, x: Tensor) -> Tensor:
@@ -418,7 +418,7 @@ class Block(nn.Module):
         (Pre-LN: :math:`F(\mathrm{LN}(x))`), with LayerNorm Scaling's :math:`c` and
         ReZero's gate :math:`g` where the placement has them."""
         f = self.sublayer(which)
-        n_in, n_out = self.norm(which, "in"), self.norm(which, "out")
+        n_in, n_out = self.norm_at(which, "in"), self.norm_at(which, "out")
         h = n_in(x) if n_in is not None else x
         if self.spec.depth_scaled:
             h = h * self.depth_scale
@@ -429,13 +429,13 @@ class Block(nn.Module):
     def step(self, which: str, x: Tensor) -> Tensor:
         r"""One residual step, :math:`x' = \mathrm{N}_{after}(\alpha x + F(x))`:
         Post-LN :math:`\mathrm{LN}(x + F(x))`, Pre-LN :math:`x + F(\mathrm{LN}(x))`,
-        sandwich :math:`x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`, DeepNorm
+        peri :math:`x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`, DeepNorm
         :math:`\mathrm{LN}(\alpha x + F(x))`, reorder :math:`x + \mathrm{LN}(F(x))`,
         LayerNorm Scaling :math:`x + F(\mathrm{LN}(x)/\sqrt{l})`, ReZero
         :math:`x + g\,F(x)`."""
-        skip = x if self.alpha == 1.0 else self.alpha * x  # 1 * x is x: skip the multiply
+        skip = x if self.skip_scale == 1.0 else self.skip_scale * x  # 1 * x is x: skip the multiply
         s = skip + self.branch(which, x)
-        n_after = self.norm(which, "after")
+        n_after = self.norm_at(which, "after")
         return n_after(s) if n_after is not None else s
 
     def forward(self, x: Tensor) -> Tensor:

@@ -29,32 +29,32 @@ _PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp1
 
 @dataclass(frozen=True)
 class Chapter:
-    """A chapter's preset ``S``, device ``dev``, ``corpus`` and shared model size ``model``
-    (``vocab_size``, ``d_model``, ``n_heads``, ``seq_len``: the keyword arguments every
-    :class:`~prenorm.TransformerLM` of the chapter starts from)."""
+    """A chapter's scale preset ``scale``, device ``dev``, ``corpus`` and shared model size
+    ``model_kwargs`` (``vocab_size``, ``d_model``, ``n_heads``, ``seq_len``: the keyword
+    arguments every :class:`~prenorm.TransformerLM` of the chapter starts from)."""
 
-    S: Scale
+    scale: Scale
     dev: torch.device
     corpus: Corpus
 
     @property
-    def model(self) -> dict[str, int]:
+    def model_kwargs(self) -> dict[str, int]:
         """The shared model size: the corpus's vocabulary and the preset's width, heads
         and context length."""
-        return {"vocab_size": self.corpus.vocab_size, **self.S.model_kwargs()}
+        return {"vocab_size": self.corpus.vocab_size, **self.scale.model_kwargs()}
 
     @property
-    def theory_model(self) -> dict[str, object]:
+    def theory_model_kwargs(self) -> dict[str, object]:
         """Xiong et al.'s theory setting (:data:`~prenorm.THEORY_SETTING`) at the preset's
         theory width."""
-        return {**self.model, "d_model": self.S.theory_width, **THEORY_SETTING}
+        return {**self.model_kwargs, "d_model": self.scale.theory_width, **THEORY_SETTING}
 
     def val_batch(self, seed: int = 0, batch_size: int | None = None) -> Batch:
         """The standard validation batch: ``batch_size`` (default: the preset's) windows of
         the validation split, drawn with a generator seeded by ``seed``, on the device."""
         gen = torch.Generator().manual_seed(seed)
-        size = batch_size or self.S.batch_size
-        return self.corpus.batch("val", size, self.S.seq_len, gen, device=self.dev)
+        size = batch_size or self.scale.batch_size
+        return self.corpus.batch("val", size, self.scale.seq_len, gen, device=self.dev)
 
     def gaussian_batch(
         self,
@@ -69,9 +69,9 @@ class Chapter:
         coincides with the model's own. Sizes default to the preset's batch, context
         and theory width."""
         return gaussian_batch(
-            batch_size or self.S.batch_size,
-            seq_len or self.S.seq_len,
-            width or self.S.theory_width,
+            batch_size or self.scale.batch_size,
+            seq_len or self.scale.seq_len,
+            width or self.scale.theory_width,
             self.corpus.vocab_size,
             seed=offset + seed,
             device=self.dev,

@@ -91,14 +91,14 @@ def step_jacobian_parts(block: Block, x: Tensor, which: str) -> dict[str, Tensor
     step = block_jacobian(block, x, which).reshape(n, n)
     branch = branch_jacobian(block, x, which).reshape(n, n)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    norm = block.norm(which, "after")
+    norm = block.norm_at(which, "after")
     if norm is not None:
         with torch.no_grad():
-            s = block.alpha * x + block.branch(which, x.unsqueeze(0))[0]
+            s = block.skip_scale * x + block.branch(which, x.unsqueeze(0))[0]
         norm_j = torch.block_diag(*norm.jacobian(s))
     else:
         norm_j = eye
-    return {"step": step, "branch": branch, "skip": block.alpha * eye, "norm": norm_j}
+    return {"step": step, "branch": branch, "skip": block.skip_scale * eye, "norm": norm_j}
 
 
 # ---- spectral norms ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 PLACEMENT_COLORS: dict[str, str] = {
     "post": "#c44e52",
     "pre": "#4c72b0",
-    "sandwich": "#55a868",
+    "peri": "#55a868",
     "deepnorm": "#8172b3",
     "reorder": "#64b5cd",
     "mixln": "#dd8452",
@@ -40,7 +40,7 @@ INIT_COLORS: dict[str, str] = {
 PLACEMENT_LABELS: dict[str, str] = {
     "post": "Post-LN",
     "pre": "Pre-LN",
-    "sandwich": "Sandwich",
+    "peri": "Peri-LN",
     "deepnorm": "DeepNorm",
     "reorder": "Reorder",
     "mixln": "Mix-LN",

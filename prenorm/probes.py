@@ -409,9 +409,9 @@ def skip_path(model: TransformerLM, batch: Batch, chunk_tokens: int = 256) -> pd
         h = x0.detach()
         for l, blk in enumerate(model.blocks):
             for which in SUBLAYERS:
-                s = blk.alpha * h + blk.branch(which, h)  # (B, T, d), sequence by sequence
-                norm = blk.norm(which, "after")
-                steps.append((l, which, blk.alpha, norm, s.reshape(-1, d)))
+                s = blk.skip_scale * h + blk.branch(which, h)  # (B, T, d), sequence by sequence
+                norm = blk.norm_at(which, "after")
+                steps.append((l, which, blk.skip_scale, norm, s.reshape(-1, d)))
                 h = norm(s) if norm is not None else s
         n = steps[0][4].shape[0]
         # Sums over tokens of the squared Frobenius norms, accumulated chunk by chunk.
@@ -462,15 +462,15 @@ def step_gradients(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     for l, blk in enumerate(model.blocks):
         for which in SUBLAYERS:
             f = blk.branch(which, h)
-            s = blk.alpha * h + f
-            norm = blk.norm(which, "after")
+            s = blk.skip_scale * h + f
+            norm = blk.norm_at(which, "after")
             out = norm(s) if norm is not None else s
             ratio = (_token_norms(f) / _token_norms(h)).mean().item()
             sigma = norm.scale(s.detach()).mean().item() if norm is not None else float("nan")
             ins.append(h)
             sums.append(s)
             outs.append(out)
-            meta.append((l, which, ratio, sigma, blk.alpha))
+            meta.append((l, which, ratio, sigma, blk.skip_scale))
             h = out
     loss = _loss(model, h, y)
     g_in = torch.autograd.grad(loss, ins, retain_graph=True)

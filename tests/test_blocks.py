@@ -22,7 +22,7 @@ def _block(placement, norm="layernorm", layer=3):
     missing factor would show), with non-default norm weights and ReZero gate."""
     torch.manual_seed(1)
     alpha = 1.7 if placement == "deepnorm" else 1.0
-    blk = Block(D, 4, placement=placement, norm=norm, alpha=alpha, layer=layer)
+    blk = Block(D, 4, placement=placement, norm=norm, skip_scale=alpha, layer=layer)
     with torch.no_grad():  # non-trivial norm weights so the test would see a missing diag(gamma)
         for _, _, norm in blk.norms():
             for p in norm.parameters():
@@ -68,7 +68,7 @@ def test_post_ln_step_is_jln_times_identity_plus_branch(which, norm):
     j_branch = branch_jacobian(blk, x, which)
     with torch.no_grad():
         s = x + blk.branch(which, x.unsqueeze(0))[0]
-    ln = blk.norm(which, "after")
+    ln = blk.norm_at(which, "after")
     jac_fn = layernorm_jacobian if norm == "layernorm" else rmsnorm_jacobian
     j_ln = _token_block_diag(jac_fn(s, ln.weight.detach(), ln.eps))
     expected = _mat(j_ln) @ (_mat(_eye()) + _mat(j_branch))
@@ -84,17 +84,17 @@ def test_deepnorm_step_scales_skip_path():
     j_branch = branch_jacobian(blk, x, "mlp")
     with torch.no_grad():
         s = 1.7 * x + blk.branch("mlp", x.unsqueeze(0))[0]
-    ln = blk.norm("mlp", "after")
+    ln = blk.norm_at("mlp", "after")
     j_ln = _token_block_diag(layernorm_jacobian(s, ln.weight.detach(), ln.eps))
     expected = _mat(j_ln) @ (1.7 * _mat(_eye()) + _mat(j_branch))
     assert (_mat(j_step) - expected).abs().max() <= 1e-5
 
 
-def test_sandwich_branch_ends_in_a_norm():
-    blk = _block("sandwich")
+def test_peri_branch_ends_in_a_norm():
+    blk = _block("peri")
     x = torch.randn(1, T, D) * 5
     f = blk.branch("attn", x)
-    ln = blk.norm("attn", "out")
+    ln = blk.norm_at("attn", "out")
     # output of the branch is a LayerNorm output: zero-mean before the affine part
     pre_affine = (f - ln.bias) / ln.weight
     assert pre_affine.mean(-1).abs().max() < 1e-4
@@ -124,7 +124,7 @@ def test_attention_is_causal():
 
 
 def test_bad_block_arguments():
-    with pytest.raises(ValueError, match=r"'mid'.*'post', 'pre', 'sandwich', 'deepnorm'"):
+    with pytest.raises(ValueError, match=r"'mid'.*'post', 'pre', 'peri', 'deepnorm'"):
         Block(D, 4, placement="mid")
     with pytest.raises(ValueError, match=r"'mixln' chooses a placement per layer.*TransformerLM"):
         Block(D, 4, placement="mixln")
@@ -136,8 +136,8 @@ def test_bad_block_arguments():
         Block(D, 4, norm="groupnorm")
     with pytest.raises(ValueError, match="d_model=16 is not divisible by n_heads=3"):
         Block(D, 3)
-    with pytest.raises(ValueError, match="alpha=2.0 only applies"):
-        Block(D, 4, placement="pre", alpha=2.0)
+    with pytest.raises(ValueError, match="skip_scale=2.0 only applies"):
+        Block(D, 4, placement="pre", skip_scale=2.0)
     blk = Block(D, 4)
     with pytest.raises(ValueError, match="'ffn'.*'attn', 'mlp'"):
         blk.branch("ffn", torch.randn(1, T, D))
@@ -179,15 +179,15 @@ def test_step_is_the_placement_formula(placement):
     x = torch.randn(1, T, D)
     for which in ("attn", "mlp"):
         f = blk.sublayer(which)
-        n_in, n_out, n_after = (blk.norm(which, s) for s in ("in", "out", "after"))
+        n_in, n_out, n_after = (blk.norm_at(which, s) for s in ("in", "out", "after"))
         if placement == "post":
             expected = n_after(x + f(x))
         elif placement == "pre":
             expected = x + f(n_in(x))
-        elif placement == "sandwich":
+        elif placement == "peri":
             expected = x + n_out(f(n_in(x)))
         elif placement == "deepnorm":
-            expected = n_after(blk.alpha * x + f(x))
+            expected = n_after(blk.skip_scale * x + f(x))
         elif placement == "reorder":
             expected = x + n_out(f(x))
         elif placement == "lns":
@@ -197,22 +197,22 @@ def test_step_is_the_placement_formula(placement):
         else:
             pytest.fail(f"no equation written out for placement {placement!r}")
         assert torch.allclose(blk.step(which, x), expected, atol=1e-6), (placement, which)
-        present = {s for s in P.SLOTS if blk.norm(which, s) is not None}
+        present = {s for s in P.SLOTS if blk.norm_at(which, s) is not None}
         spec = P.PLACEMENTS[placement]
         assert present == {s for s in P.SLOTS if spec.has(s)}
 
 
 def test_norms_are_named_attributes_in_forward_order():
-    blk = _block("sandwich")
+    blk = _block("peri")
     assert [(w, s) for w, s, _ in blk.norms()] == [
         ("attn", "in"),
         ("attn", "out"),
         ("mlp", "in"),
         ("mlp", "out"),
     ]
-    assert blk.attn_norm_out is blk.norm("attn", "out") and blk.mlp_norm_after is None
+    assert blk.attn_norm_out is blk.norm_at("attn", "out") and blk.mlp_norm_after is None
     with pytest.raises(ValueError, match="unknown norm slot 'side'"):
-        blk.norm("attn", "side")
+        blk.norm_at("attn", "side")
 
 
 # ---- LayerNorm Scaling, Mix-LN, ReZero ------------------------------------------
@@ -231,7 +231,7 @@ def test_lns_scales_each_layers_input_norm_by_one_over_sqrt_l():
     for i, (blk, pblk) in enumerate(zip(model.blocks, pre.blocks, strict=True)):
         assert blk.depth_scale == pytest.approx(1 / (i + 1) ** 0.5)
         for which in ("attn", "mlp"):
-            f, n_in = blk.sublayer(which), blk.norm(which, "in")
+            f, n_in = blk.sublayer(which), blk.norm_at(which, "in")
             expected = f(n_in(x) / (i + 1) ** 0.5)
             assert torch.allclose(blk.branch(which, x), expected, atol=1e-6), (i, which)
             same_as_pre = torch.allclose(blk.branch(which, x), pblk.branch(which, x))
@@ -252,8 +252,8 @@ def test_mixln_puts_post_ln_below_the_split_and_pre_ln_above(n_layers, ratio, n_
     assert [b.placement for b in model.blocks] == expected
     for blk, name in zip(model.blocks, expected, strict=True):
         assert blk.spec is P.PLACEMENTS[name]
-        assert (blk.norm("attn", "after") is not None) == (name == "post")
-        assert (blk.norm("attn", "in") is not None) == (name == "pre")
+        assert (blk.norm_at("attn", "after") is not None) == (name == "post")
+        assert (blk.norm_at("attn", "in") is not None) == (name == "pre")
     assert isinstance(model.final_norm, P.LayerNorm)  # the Pre-LN top needs it
     assert model.describe()["placement"] == "mixln"
     assert model.describe()["mix_ratio"] == (0.25 if ratio is None else ratio)

@@ -66,10 +66,10 @@ def test_alpha0_is_honoured_by_the_module_the_model_and_reset(alpha0):
     assert m.alpha.item() == pytest.approx(alpha0)
     assert torch.equal(m.weight, torch.ones(8)) and torch.equal(m.bias, torch.zeros(8))
     model = P.TransformerLM(
-        11, 16, 2, 2, 8, placement="sandwich", norm="dyt", alpha0=alpha0, qk_norm=True
+        11, 16, 2, 2, 8, placement="peri", norm="dyt", alpha0=alpha0, qk_norm=True
     )
     dyts = [mod for mod in model.modules() if isinstance(mod, DyT)]
-    # 2 layers x (2 sandwich norms x 2 sublayers + q and k norms) + the final norm
+    # 2 layers x (2 peri norms x 2 sublayers + q and k norms) + the final norm
     assert len(dyts) == 2 * (4 + 2) + 1
     assert all(d.alpha.item() == pytest.approx(alpha0) for d in dyts)
     assert model.describe()["alpha0"] == alpha0

@@ -101,7 +101,7 @@ def test_fused_path_calls_the_kernels(device, expect, monkeypatch):
     def calls(kernels: str) -> set[str]:
         called.clear()
         for norm in ("layernorm", "rmsnorm"):
-            model = _model("sandwich", norm, True, torch.float32)
+            model = _model("peri", norm, True, torch.float32)
             x = torch.zeros(2, SEQ, dtype=torch.long)
             with P.use_kernels(model, kernels, device=device):
                 model(x, x)[1].backward()

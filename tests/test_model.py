@@ -31,7 +31,7 @@ def test_forward_shapes_and_stream():
 
 def test_final_norm_only_for_pre_ln_family():
     assert isinstance(_model(placement="pre").final_norm, LayerNorm)
-    assert isinstance(_model(placement="sandwich", norm="rmsnorm").final_norm, RMSNorm)
+    assert isinstance(_model(placement="peri", norm="rmsnorm").final_norm, RMSNorm)
     assert isinstance(_model(placement="post").final_norm, torch.nn.Identity)
     assert isinstance(_model(placement="deepnorm").final_norm, torch.nn.Identity)
     # OLMo 2 never normalizes the stream inside the stack, so it ends in a norm; so do
@@ -78,7 +78,7 @@ def test_xavier_and_pytorch_inits_differ():
 
 def test_deepnorm_constants():
     m = _model(placement="deepnorm", init="deepnorm")
-    assert all(math.isclose(b.alpha, (2 * L) ** 0.25) for b in m.blocks)
+    assert all(math.isclose(b.skip_scale, (2 * L) ** 0.25) for b in m.blocks)
     beta = (8 * L) ** -0.25
     w = torch.cat([b.mlp.fc2.weight.flatten() for b in m.blocks])
     expected_std = beta * math.sqrt(2 / (4 * D + D))
@@ -145,7 +145,7 @@ def test_reset_returns_a_trained_model_to_a_fresh_one(corpus):
     from prenorm import build_model, train
 
     kw = dict(vocab_size=corpus.vocab_size, d_model=16, n_layers=2, n_heads=2, seq_len=8)
-    for placement, init in (("pre", "gpt2"), ("post", "xavier"), ("sandwich", "pytorch")):
+    for placement, init in (("pre", "gpt2"), ("post", "xavier"), ("peri", "pytorch")):
         fresh = build_model(seed=4, placement=placement, init=init, **kw)
         model = build_model(seed=4, placement=placement, init=init, **kw)
         train(model, corpus, steps=3, lr=1e-2, batch_size=2, device="cpu")
@@ -173,7 +173,7 @@ def test_theory_setting_matches_xiong_section_3():
     )
     blk = m.blocks[0]
     assert blk.mlp.fc1.weight.shape == (d, d) and blk.mlp.activation == "relu"
-    assert blk.attn.qkv.bias is None and blk.norm("mlp", "in").bias is None
+    assert blk.attn.qkv.bias is None and blk.norm_at("mlp", "in").bias is None
     assert blk.attn.qkv.weight[: 2 * d].abs().max() == 0
     for w in (
         blk.attn.qkv.weight[2 * d :],

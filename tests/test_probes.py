@@ -215,11 +215,11 @@ def test_skip_path_against_autograd_with_the_branches_held_fixed():
                 for which in ("attn", "mlp"):
                     f = blk.branch(which, hh)
                     consts.append(f)
-                    hh = blk.norm(which, "after")(blk.alpha * hh + f)
+                    hh = blk.norm_at(which, "after")(blk.skip_scale * hh + f)
         k = 0
         for blk in m.blocks:
             for which in ("attn", "mlp"):
-                h = blk.norm(which, "after")(blk.alpha * h + consts[k])
+                h = blk.norm_at(which, "after")(blk.skip_scale * h + consts[k])
                 k += 1
         return h
 
@@ -322,7 +322,7 @@ def test_max_attention_logits_match_a_direct_computation(placement, qk_norm):
     mask_mattered = False
     for l, blk in enumerate(m.blocks):
         h = states[l].detach()
-        n_in = blk.norm("attn", "in")
+        n_in = blk.norm_at("attn", "in")
         if n_in is not None:
             h = n_in(h) * blk.depth_scale
         q, k, _ = blk.attn.qkv(h).split(D, dim=-1)
@@ -348,7 +348,7 @@ def test_param_grad_norms_label_the_rezero_gate():
     assert (gate["grad_norm"] > 0).all()  # the gate learns from the first step
 
 
-@pytest.mark.parametrize("placement", ["post", "pre", "sandwich"])
+@pytest.mark.parametrize("placement", ["post", "pre", "peri"])
 def test_every_probe_runs_on_a_dyt_model(placement):
     """The probes that call norm.scale() or norm.jacobian() (norm_input_scales, skip_path,
     step_gradients) get DyT's 1/alpha and its diagonal Jacobian; the rest never look."""

@@ -68,8 +68,8 @@ def test_a_registered_placement_builds_and_steps():
             seed=0, vocab_size=11, d_model=16, n_layers=2, n_heads=2, seq_len=8, placement=name
         )
         assert (
-            m.blocks[0].norm("attn", "out") is not None
-            and m.blocks[0].norm("attn", "after") is None
+            m.blocks[0].norm_at("attn", "out") is not None
+            and m.blocks[0].norm_at("attn", "after") is None
         )
         assert torch.isfinite(m(torch.zeros(1, 8, dtype=torch.long))[0]).all()
     finally:

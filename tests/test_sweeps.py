@@ -399,7 +399,9 @@ def test_a_list_of_grids_runs_their_union_in_order(corpus):
     )
     assert both["placement"].tolist() == ["pre", "pre", "rezero"]
     assert both["qk_norm"].tolist()[:2] == [False, True]
-    same_numbers(both[apart.columns], apart)
+    assert both.run.tolist() == [0, 1, 2]  # one index over the union
+    cols = [c for c in apart.columns if c != "run"]
+    same_numbers(both[cols], apart[cols])
     with pytest.raises(ValueError, match="list of mappings"):
         sweep(corpus, ["pre"], train_kwargs=TRAIN, **TINY)
 
