@@ -9,7 +9,7 @@ placement      residual step                                                    
 =============  ==================================================================  ==========================
 ``post``       :math:`x' = \mathrm{LN}(x + F(x))`                                  Vaswani et al. 2017
 ``pre``        :math:`x' = x + F(\mathrm{LN}(x))`                                  GPT-2, Xiong et al. 2020
-``peri``   :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`                   Gemma 2, Peri-LN
+``peri``       :math:`x' = x + \mathrm{LN}_o(F(\mathrm{LN}(x)))`                   Gemma 2, Kim et al. 2025
 ``deepnorm``   :math:`x' = \mathrm{LN}(\alpha x + F(x))`                           Wang et al. 2022
 ``reorder``    :math:`x' = x + \mathrm{LN}(F(x))`                                  OLMo 2
 ``mixln``      ``post`` in layers :math:`l < \lfloor\rho L\rfloor`, then ``pre``   Li et al. 2024 (Mix-LN)

@@ -84,6 +84,9 @@ class Scale:
     notebook cell may run before the book build (and ``pytest --nbval-lax``) stops it as
     hung, several times the slowest cell measured at that preset, so that a lost kernel
     message fails in a minute or two at ``ci`` instead of half an hour.
+    ``speed_widths``/``speed_tokens``/``speed_repeats``: the norm-speed benchmark of
+    chapter 7 (:func:`~prenorm.time_norms`): the widths :math:`d` timed, the tokens per
+    input and the timed repeats per width and implementation.
     """
 
     name: str
@@ -111,6 +114,9 @@ class Scale:
     wide_lrs: tuple[float, ...]
     design_seeds: tuple[int, ...]
     cell_timeout: int
+    speed_widths: tuple[int, ...]
+    speed_tokens: int
+    speed_repeats: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -152,6 +158,9 @@ PRESETS: Registry[Scale] = Registry(
             wide_lrs=(1e-3, 1e-2),
             design_seeds=(0, 1),
             cell_timeout=120,
+            speed_widths=(256, 1024),
+            speed_tokens=128,
+            speed_repeats=3,
         ),
         "cpu": Scale(
             name="cpu",
@@ -179,6 +188,9 @@ PRESETS: Registry[Scale] = Registry(
             wide_lrs=(3e-4, 1.5e-3, 6e-3, 3e-2),
             design_seeds=(0, 1),
             cell_timeout=900,
+            speed_widths=(256, 512, 1024, 2048, 4096),
+            speed_tokens=512,
+            speed_repeats=15,
         ),
         "gpu": Scale(
             name="gpu",
@@ -206,6 +218,9 @@ PRESETS: Registry[Scale] = Registry(
             wide_lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
             design_seeds=(0, 1),
             cell_timeout=1800,
+            speed_widths=(256, 512, 1024, 2048, 4096, 8192),
+            speed_tokens=16384,
+            speed_repeats=30,
         ),
     },
 )

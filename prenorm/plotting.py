@@ -7,7 +7,7 @@ so Post-LN is always the same red and Pre-LN the same blue.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -390,6 +390,19 @@ def glue(name: str, value: object) -> object:
         return value
     _glue(name, value, display=False)
     return value
+
+
+def glue_all(
+    values: Mapping[str, object] | None = None, **prefixed: Mapping[object, object]
+) -> None:
+    """Glue many values at once (:func:`glue`): each item of ``values`` under its key,
+    and each item of a keyword's mapping under ``{keyword}_{key}``:
+    ``glue_all(S=sens)`` glues one number per design as ``S_pre``, ``S_peri``, ..."""
+    for key, value in (values or {}).items():
+        glue(key, value)
+    for prefix, mapping in prefixed.items():
+        for key, value in mapping.items():
+            glue(f"{prefix}_{key}", value)
 
 
 def draw_placements(

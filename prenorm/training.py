@@ -302,27 +302,32 @@ def lr_sensitivity(
     return sum(capped) / len(capped) - min(capped)
 
 
-def lr_summary(runs: pd.DataFrame, by: str, cap: float) -> pd.DataFrame:
+def lr_summary(runs: pd.DataFrame, by: str, cap: float, by_seed: bool = False) -> pd.DataFrame:
     """Each design's loss-against-learning-rate curve in three numbers: one row per level
     of ``by`` (in order of appearance) with ``best_loss`` (the lowest final validation
     loss of a run that did not diverge), ``best_lr`` (its learning rate) and
     ``sensitivity`` (:func:`lr_sensitivity` over all its runs, diverged ones at ``cap``).
     ``runs`` has one row per run with ``lr``, ``final_val_loss`` and ``diverged``.
-    ``best_loss`` and ``best_lr`` are NaN for a design whose every run diverged."""
+    ``best_loss`` and ``best_lr`` are NaN for a design whose every run diverged.
+
+    With ``by_seed=True`` the runs of each seed are summarised apart: one row per
+    (level of ``by``, ``seed``), indexed by both, each seed's curve being its own
+    learning-rate grid; ``runs`` then needs a ``seed`` column."""
+    keys = [by, "seed"] if by_seed else by
     rows = []
-    for level, g in runs.groupby(by, sort=False):
+    for level, g in runs.groupby(keys, sort=False):
         g = g.sort_values("lr")
         ok = g[~g["diverged"].astype(bool)]
         i = ok["final_val_loss"].idxmin() if ok["final_val_loss"].notna().any() else None
         rows.append(
             {
-                by: level,
+                **(dict(zip(keys, level, strict=True)) if by_seed else {by: level}),
                 "best_loss": float(ok.loc[i, "final_val_loss"]) if i is not None else math.nan,
                 "best_lr": float(ok.loc[i, "lr"]) if i is not None else math.nan,
                 "sensitivity": lr_sensitivity(g["final_val_loss"], cap, diverged=g["diverged"]),
             }
         )
-    return pd.DataFrame(rows).set_index(by)
+    return pd.DataFrame(rows).set_index(keys)
 
 
 def _classify(diverged: bool, final_val_loss: float, entropy: float, margin: float) -> str:

@@ -68,7 +68,8 @@ def test_html_table_links_each_row_to_its_section(tmp_path, monkeypatch):
 
 def test_every_claim_is_recorded_once_by_its_chapter_at_a_labelled_section():
     """Static check of the book's sources: each claim of CLAIMS has exactly one
-    P.ledger.record call, in the chapter CLAIMS names, whose section label exists there."""
+    P.ledger.record call, or one P.ClaimTest("C..", section=...) whose .record is called,
+    in the chapter CLAIMS names, whose section label exists there."""
     import re
     from pathlib import Path
 
@@ -78,9 +79,15 @@ def test_every_claim_is_recorded_once_by_its_chapter_at_a_labelled_section():
         cells = json.loads(nb.read_text())["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         md = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-        for cid, section in re.findall(
+        found = re.findall(
             r'P\.ledger\.record\(\s*"(C\d+)",.*?section="([\w-]+)"', code, flags=re.S
-        ):
+        )
+        # A ClaimTest names its section where it is made and writes the row with .record
+        tests = re.findall(
+            r'(\w+)\s*=\s*P\.ClaimTest\(\s*"(C\d+)",\s*section="([\w-]+)"', code, flags=re.S
+        )
+        found += [(cid, sec) for var, cid, sec in tests if re.search(rf"\b{var}\.record\(", code)]
+        for cid, section in found:
             calls.setdefault(cid, []).append(nb.stem)
             assert f"({section})=" in md, f"{nb.name}: {cid} links to a missing label {section!r}"
     for cid, claim in CLAIMS.items():

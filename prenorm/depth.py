@@ -1,0 +1,339 @@
+r"""Depth-scaling analyses of gradients and of the residual stream: how a quantity
+measured per layer (by the probes of :mod:`prenorm.probes`) changes along a stack and
+with its depth.
+
+Each function takes the tidy frames the probes return and gives back a small table:
+the factorization of one residual step checked against its exact Jacobian
+(:func:`step_jacobian_check`), the gradient at a layer against the product of the
+:math:`1/\sigma` of the norms above it (:func:`attenuation`), the variance argument
+step by step (:func:`step_variance`), a per-layer profile's first and last values
+(:func:`first_last`), power-law exponents in depth per group (:func:`depth_exponents`);
+and :func:`train_and_probe`, which trains a few models and probes each at
+initialization and after training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .blocks import SUBLAYERS
+from .data import Corpus
+from .jacobians import step_jacobian_parts
+from .model import TransformerLM, build_model
+from .probes import end_to_end_gains
+from .stats import depth_exponent
+from .training import train
+
+__all__ = [
+    "attenuation",
+    "depth_exponents",
+    "first_last",
+    "inner_layers",
+    "labelled",
+    "plot_attenuation",
+    "plot_power_laws",
+    "plot_stages",
+    "plot_variance",
+    "sequence_gains",
+    "step_jacobian_check",
+    "step_variance",
+    "train_and_probe",
+]
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Batch = tuple[Tensor, Tensor]
+
+
+def step_jacobian_check(model: TransformerLM, tokens: Tensor, layer: int) -> pd.DataFrame:
+    r"""Check the factorization of both residual steps of block ``layer`` at its residual
+    input for one sequence ``tokens`` (token ids, shape ``(1, T)``), with the exact
+    Jacobians of :func:`~prenorm.step_jacobian_parts`.
+
+    One row per sublayer: ``factor_err``
+    :math:`\max|J_{\text{step}} - J_{\text{norm}}(\alpha I + J_F)|` (zero up to float
+    error for every placement: it checks the code), ``identity_gap``
+    :math:`\max|J_{\text{step}} - (I + J_F)|` (zero up to float error exactly when no norm
+    sits on the sum and :math:`\alpha = 1`: Pre-LN) and ``branch_norm``
+    :math:`\|J_F\|_2`, the branch Jacobian's spectral norm."""
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer must lie in [0, {model.n_layers}), got {layer}")
+    x = model.residual_stream(model.embed(tokens))[layer][0].detach()
+    rows = []
+    for which in SUBLAYERS:
+        parts = step_jacobian_parts(model.blocks[layer], x, which)
+        eye = torch.eye(parts["step"].shape[0])
+        factored = parts["norm"] @ (parts["skip"] + parts["branch"])
+        rows.append(
+            {
+                "sublayer": which,
+                "factor_err": (parts["step"] - factored).abs().max().item(),
+                "identity_gap": (parts["step"] - (eye + parts["branch"])).abs().max().item(),
+                "branch_norm": torch.linalg.matrix_norm(parts["branch"], 2).item(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sequence_gains(
+    model: TransformerLM,
+    batch: Batch,
+    layers: list[int] | None = None,
+    samples: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    r""":func:`~prenorm.end_to_end_gains` as a probe of a batch ``(x, targets)`` holding one
+    sequence, so that :func:`~prenorm.probe_sweep` can run it: the typical gain
+    :math:`\|\partial x_L/\partial x_l\|_F/\sqrt{Td}` of the stack from each of ``layers``
+    to the top, from ``samples`` random vector-Jacobian products."""
+    return end_to_end_gains(model, batch[0], layers=layers, samples=samples, seed=seed)
+
+
+def attenuation(
+    hidden: pd.DataFrame,
+    scales: pd.DataFrame,
+    layer: int = 1,
+    by: Sequence[str] = ("init", "n_layers", "seed"),
+) -> pd.DataFrame:
+    r"""The gradient at :math:`x_l` (``l = layer``) relative to the top of the stack,
+    against the compounding prediction, per model.
+
+    ``hidden`` is :func:`~prenorm.hidden_grad_norms` output (``layer``, ``relative``),
+    ``scales`` :func:`~prenorm.norm_input_scales` output, each with the columns ``by``
+    naming one model. ``measured`` is :math:`\|g_l\|/\|g_L\|`; ``predicted`` is
+    :math:`\prod 1/\sigma` over every norm at step position :math:`\ge 2l` (the norms
+    between :math:`x_l` and the top), each :math:`1/\sigma` its mean over tokens."""
+    by = list(by)
+    predicted = (
+        scales[scales.position >= 2 * layer].groupby(by).inv_scale_mean.prod().rename("predicted")
+    )
+    measured = hidden[hidden.layer == layer].set_index(by).relative.rename("measured")
+    return pd.concat([predicted, measured], axis=1).reset_index()
+
+
+def step_variance(steps: pd.DataFrame, by: str = "init") -> pd.DataFrame:
+    r"""The variance argument, step by step, from :func:`~prenorm.step_gradients` rows of
+    steps with an after-norm (Post-LN), averaged per group ``by``.
+
+    With :math:`\rho = \|F(x)\|/\|x\|` and :math:`\sigma` the after-norm's scale, the argument
+    predicts :math:`\sigma^2 \approx 1 + \rho^2` and a residual-factor gain
+    :math:`\|(I + J_F)^\top u\|/\|u\| \approx \sigma`, hence a per-step gradient gain near 1.
+    Columns: ``sigma`` and ``rho`` (means), ``sigma_sq_over_1_plus_rho_sq`` (mean of
+    :math:`\sigma^2/(1+\rho^2)`), ``residual_gain_over_sigma`` (mean of the residual gain
+    over :math:`\sigma`) and ``step_gain_geomean``,
+    :math:`\exp(\mathrm{mean}\,\log \text{gain})`."""
+    s = steps.assign(
+        sigma_sq_over_1_plus_rho_sq=steps.sigma**2 / (1 + steps.branch_ratio**2),
+        residual_gain_over_sigma=steps.residual_gain / steps.sigma,
+    )
+    return s.groupby(by).agg(
+        sigma=("sigma", "mean"),
+        rho=("branch_ratio", "mean"),
+        sigma_sq_over_1_plus_rho_sq=("sigma_sq_over_1_plus_rho_sq", "mean"),
+        residual_gain_over_sigma=("residual_gain_over_sigma", "mean"),
+        step_gain_geomean=("gain", _geomean),
+    )
+
+
+def _geomean(values: pd.Series) -> float:
+    return float(np.exp(np.log(values).mean()))
+
+
+def first_last(
+    frame: pd.DataFrame,
+    value: str,
+    index: str | Sequence[str],
+    first: int | None = None,
+    last: int | None = None,
+) -> pd.DataFrame:
+    r"""The first and last values of a per-layer profile, and their ratio.
+
+    ``frame`` has a ``layer`` column and the columns ``index`` naming one profile;
+    ``value`` is averaged over the rows of each (profile, layer) (seeds, say). ``first``
+    and ``last`` default to the smallest and largest layer in ``frame``. Columns:
+    ``first``, ``last`` and ``last / first``."""
+    index = [index] if isinstance(index, str) else list(index)
+    first = int(frame.layer.min()) if first is None else first
+    last = int(frame.layer.max()) if last is None else last
+    means = frame.groupby([*index, "layer"])[value].mean().unstack("layer")
+    missing = [l for l in (first, last) if l not in means.columns]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the frame")
+    out = pd.DataFrame({"first": means[first], "last": means[last]})
+    out["last / first"] = out["last"] / out["first"]
+    return out
+
+
+def inner_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the layers strictly between the first and the last layer of ``frame``
+    (column ``layer``): where the first and last layers, which a model often leans on,
+    are left out. A stack of one or two layers has none between; then the rows of every
+    layer but the first."""
+    layers = sorted(frame.layer.unique())
+    keep = layers[1:-1] if len(layers) > 2 else layers[1:]
+    return frame[frame.layer.isin(keep)]
+
+
+def depth_exponents(
+    frame: pd.DataFrame, value: str, by: str | Sequence[str], x: str = "n_layers"
+) -> pd.Series:
+    r"""The exponent :math:`k` of :math:`\text{value} \propto x^k` for each group ``by``:
+    :func:`~prenorm.depth_exponent` on all the group's rows (seeds included as points).
+    Returns a Series indexed by the groups."""
+    return frame.groupby(by)[[x, value]].apply(lambda g: depth_exponent(g[x], g[value]))
+
+
+def labelled(values: Mapping[object, float] | pd.Series, fmt: str = ".2f") -> str:
+    """Values with their labels as one phrase, ``"0.25 (gpt2), 0.36 (pytorch)"``, in the
+    order given; ``fmt`` is a format spec for each value."""
+    return ", ".join(f"{v:{fmt}} ({k})" for k, v in values.items())
+
+
+def train_and_probe(
+    data: Corpus,
+    configs: Sequence[Mapping[str, object]],
+    model_kwargs: Mapping[str, object],
+    batch: Batch,
+    probes: Sequence[Callable[..., pd.DataFrame]],
+    at_init: Sequence[Callable[..., pd.DataFrame]] = (),
+    device: torch.device | str | None = None,
+    **train_kwargs: object,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train one model per config and probe it on one fixed ``batch``.
+
+    Each config holds model arguments (overriding ``model_kwargs``) and ``seed``
+    (default 0), which seeds both the initialization and the batches
+    (:func:`~prenorm.train` with ``train_kwargs``). Each probe of ``at_init`` runs on the
+    fresh model (``stage = "at init"``), each of ``probes`` on the trained one
+    (``stage = "trained"``), in this process and with its thread settings
+    (:func:`~prenorm.sweep` with ``probes`` runs each model with one thread, which can
+    move the last bits). Returns ``(runs, probed)``: one row per config (the config,
+    ``final_val_loss``, ``diverged``, ``diverged_at``, ``seconds``) and one row per probe
+    row (with ``probe``, the function's name, ``stage`` and the config). Empty frames
+    for no configs."""
+    runs, probed = [], []
+    for config in configs:
+        seed = int(config.get("seed", 0))
+        kwargs = {**model_kwargs, **{k: v for k, v in config.items() if k != "seed"}}
+        model = build_model(seed=seed, device=device, **kwargs)
+        meta = {**config, "seed": seed}
+        for fn in at_init:
+            probed.append(fn(model, batch).assign(probe=fn.__name__, stage="at init", **meta))
+        r = train(model, data, seed=seed, device=device, **train_kwargs)
+        for fn in probes:
+            probed.append(fn(model, batch).assign(probe=fn.__name__, stage="trained", **meta))
+        runs.append(
+            {
+                **meta,
+                "final_val_loss": r.final_val_loss,
+                "diverged": r.diverged,
+                "diverged_at": r.diverged_at,
+                "seconds": r.seconds,
+            }
+        )
+    return (
+        pd.DataFrame(runs),
+        pd.concat(probed, ignore_index=True) if probed else pd.DataFrame(),
+    )
+
+
+# ---- figures (matplotlib is imported on first use) ---------------------------------------
+def plot_variance(steps: pd.DataFrame, by: str = "init") -> Figure:
+    r"""The variance argument step by step, one colour per init (``by``): left,
+    :math:`\sigma` against :math:`\sqrt{1+\rho^2}`; right, the gain of
+    :math:`(I + J_F)^\top` against :math:`\sigma`; the diagonal dotted on both, where
+    the argument puts every step. ``steps`` are :func:`~prenorm.step_gradients` rows of
+    steps with an after-norm. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import INIT_COLORS, TEXT_WIDTH
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.5))
+    for key, grp in steps.groupby(by):
+        color = INIT_COLORS.get(key)
+        axes[0].scatter(
+            np.sqrt(1 + grp.branch_ratio**2), grp.sigma, s=8, alpha=0.6, color=color, label=key
+        )
+        axes[1].scatter(grp.sigma, grp.residual_gain, s=8, alpha=0.6, color=color)
+    for ax in axes:
+        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls=":")
+    axes[0].set_xlabel(r"$\sqrt{1+\rho^2}$")
+    axes[0].set_ylabel(r"$\sigma$")
+    axes[1].set_xlabel(r"$\sigma$")
+    axes[1].set_ylabel(r"gain of $(I+J_F)^\top$")
+    axes[0].legend(markerscale=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attenuation(frame: pd.DataFrame, ax: Axes, by: str = "init") -> Axes:
+    """:func:`attenuation` against depth: per group ``by`` (one colour per init), the mean
+    over seeds of ``measured`` (solid, with markers) and ``predicted`` (dashed), on a log
+    scale with the depths as ticks."""
+    from .plotting import INIT_COLORS, depth_axis
+
+    for key, grp in frame.groupby(by):
+        m = grp.groupby("n_layers")[["measured", "predicted"]].mean()
+        ax.plot(m.index, m.measured, "o-", color=INIT_COLORS.get(key), label=key)
+        ax.plot(m.index, m.predicted, "--", color=INIT_COLORS.get(key))
+    ax.set_yscale("log")
+    depth_axis(ax, sorted(frame.n_layers.unique()))
+    return ax
+
+
+def plot_power_laws(
+    frame: pd.DataFrame, value: str, slopes: Mapping[str, float], ax: Axes, by: str = "placement"
+) -> Axes:
+    r"""Reference power laws :math:`y_0 (L/L_0)^k` (dashed, in the placement's colour), one
+    per group ``by`` with its exponent ``slopes[group]``, through the group's mean
+    ``value`` at the smallest depth :math:`L_0` of ``frame`` (column ``n_layers``)."""
+    from .plotting import PLACEMENT_COLORS
+
+    depths = np.array(sorted(frame.n_layers.unique()))
+    for key, k in slopes.items():
+        at = frame[(frame[by] == key) & (frame.n_layers == depths[0])]
+        y0 = at[value].mean()
+        ax.plot(depths, y0 * (depths / depths[0]) ** k, "--", color=PLACEMENT_COLORS[key], lw=1)
+    return ax
+
+
+def plot_stages(
+    frame: pd.DataFrame,
+    value: str,
+    ax: Axes,
+    by: str = "placement",
+    yscale: str = "log",
+    **scale_kwargs: object,
+) -> Axes:
+    """A per-layer profile at each stage of training: one line of the mean ``value`` per
+    layer (over seeds) for each (``by``, ``stage``) of ``frame`` (``stage`` as
+    :func:`train_and_probe` writes it), in the placement's colour, solid for
+    ``"trained"`` and dashed, fainter, for any other stage; labelled
+    ``"<placement>, <stage>"``; y axis in ``yscale`` (with ``scale_kwargs``)."""
+    from .plotting import PLACEMENT_COLORS, PLACEMENT_LABELS
+
+    means = frame.groupby([by, "stage", "layer"])[value].mean().reset_index()
+    for (key, stage), grp in means.groupby([by, "stage"]):
+        done = stage == "trained"
+        ax.plot(
+            grp.layer,
+            grp[value],
+            "o-" if done else "o--",
+            ms=3,
+            color=PLACEMENT_COLORS[key],
+            alpha=1 if done else 0.5,
+            label=f"{PLACEMENT_LABELS[key]}, {stage}",
+        )
+    ax.set_yscale(yscale, **scale_kwargs)
+    ax.set_xlabel("layer index $l$")
+    return ax

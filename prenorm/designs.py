@@ -1,0 +1,385 @@
+r"""Comparing norm placements ("designs") trained on one harness: the analyses of chapter 9.
+
+A *cell* is a design at a learning rate, trained under several seeds
+(:func:`~prenorm.sweep`, pooled by :func:`~prenorm.mean_over_seeds`). The functions here
+turn such a sweep's rows into the numbers the chapter compares:
+
+- :func:`deep_shares`: from the layer-removal probe (:func:`~prenorm.layer_ablation`),
+  how much of a model's loss increase comes from its deeper layers, and
+  :func:`share_summary` per design;
+- :func:`paired_medians`: every design against a baseline, paired by learning rate;
+- :func:`seed_values`: a per-seed summary (:func:`~prenorm.lr_summary` with
+  ``by_seed=True``) as a design-by-seed table;
+- :func:`lr_table`: each design's learning-rate curve summarised in one row;
+- :func:`stream_rms`: the residual stream's RMS at one probe step, learning rate by design;
+
+and three small helpers for the prose: :func:`joined` (numbers as one string),
+:func:`compare_or` (:func:`~prenorm.compare` that tolerates a missing value) and
+:func:`~prenorm.glue_all` (glue one value per design). :func:`plot_by_design`,
+:func:`plot_stream_growth`, :func:`plot_stream_by_layer`, :func:`plot_layer_removal` and
+:func:`plot_strip` draw the chapter's figures (matplotlib is imported on first use).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .training import lr_summary
+from .verdicts import compare
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "compare_or",
+    "deep_shares",
+    "joined",
+    "lr_table",
+    "paired_medians",
+    "plot_by_design",
+    "plot_layer_removal",
+    "plot_stream_by_layer",
+    "plot_stream_growth",
+    "plot_strip",
+    "seed_values",
+    "share_summary",
+    "stream_rms",
+]
+
+
+def _share(pos: pd.Series, part: pd.Series) -> float:
+    total = float(pos.sum())
+    return float(pos[part].sum() / total) if total > 0 else math.nan
+
+
+def deep_shares(
+    ablation: pd.DataFrame,
+    by: Sequence[str],
+    split: int,
+    value: str = "loss_increase",
+    layer: str = "layer",
+) -> pd.DataFrame:
+    r"""How much of each model's loss increase under layer removal comes from its deeper
+    layers. ``ablation`` has one row per (cell, layer) with the loss increase
+    :math:`\Delta_l` when layer :math:`l` is removed (:func:`~prenorm.layer_ablation`);
+    ``by`` names the columns that identify a cell. With :math:`\Delta^+ = \max(\Delta, 0)`
+    (a layer whose removal helps contributes nothing) and the deep layers
+    :math:`l \ge s` (``split``, :math:`\lfloor L/2 \rfloor` for the deeper half), one row
+    per cell, in sorted order, with
+
+    - ``deep_share`` :math:`= \sum_{l \ge s} \Delta_l^+ / \sum_l \Delta_l^+`
+      (0.5 for equal layers split in halves);
+    - ``without_first``: the same share over the layers :math:`l \ge 1` only;
+    - ``deep_increase`` :math:`= \sum_{l \ge s} \Delta_l^+` (nats);
+    - ``first_share`` :math:`= \Delta_0^+ / \sum_l \Delta_l^+`, layer 0's part.
+
+    A share whose denominator is 0 (no layer's removal hurts) is NaN."""
+    by = list(by)
+    columns = [*by, "deep_share", "without_first", "deep_increase", "first_share"]
+    rows = []
+    for key, g in ablation.groupby(by):
+        pos = g[value].clip(lower=0)
+        lay = g[layer]
+        rows.append(
+            {
+                **dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                "deep_share": _share(pos, lay >= split),
+                "without_first": _share(pos[lay > 0], lay[lay > 0] >= split),
+                "deep_increase": float(pos[lay >= split].sum()),
+                "first_share": _share(pos, lay == 0),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def share_summary(
+    shares: pd.DataFrame, by: str = "placement", order: Sequence[object] | None = None
+) -> pd.DataFrame:
+    """The rows of :func:`deep_shares` summarised per level of ``by`` (in ``order`` if
+    given): the ``median``, ``min`` and ``max`` of ``deep_share``, the median of
+    ``without_first`` and the number of ``cells``. A level without cells has NaN
+    statistics and 0 cells."""
+    per = shares.groupby(by)
+    table = pd.DataFrame(
+        {
+            "median": per["deep_share"].median(),
+            "min": per["deep_share"].min(),
+            "max": per["deep_share"].max(),
+            "without_first": per["without_first"].median(),
+            "cells": per.size(),
+        }
+    )
+    if order is not None:
+        table = table.reindex(list(order))
+    table["cells"] = table["cells"].fillna(0).astype(int)
+    return table
+
+
+def paired_medians(
+    frame: pd.DataFrame,
+    by: str,
+    base: str,
+    value: str,
+    pair: Sequence[str] = ("lr",),
+    levels: Sequence[object] | None = None,
+) -> pd.DataFrame:
+    r"""Every level :math:`d` of ``by`` against the level ``base``, paired: the median over
+    the values of ``pair`` (learning rates, say) at which both have a ``value`` of the
+    difference :math:`v_d - v_{\text{base}}`, and the number ``n`` of such pairs. One row
+    per level other than ``base`` (those of ``levels`` if given, else those of ``frame``
+    in order of appearance), indexed by ``by``; ``median`` is NaN where ``n`` is 0 (a
+    level with no rows, say). ``frame`` has at most one row per (level, pair)."""
+    pair = list(pair)
+    ref = frame[frame[by] == base].set_index(pair)[value]
+    if levels is None:
+        levels = list(dict.fromkeys(frame[by]))
+    rows = []
+    for level in levels:
+        if level == base:
+            continue
+        mine = frame[frame[by] == level].set_index(pair)[value]
+        diff = (mine - ref).dropna()
+        rows.append(
+            {by: level, "median": float(diff.median()) if len(diff) else math.nan, "n": len(diff)}
+        )
+    return pd.DataFrame(rows, columns=[by, "median", "n"]).set_index(by)
+
+
+def seed_values(
+    runs: pd.DataFrame,
+    by: str,
+    cap: float,
+    value: str = "sensitivity",
+    order: Sequence[object] | None = None,
+) -> pd.DataFrame:
+    """One column of :func:`~prenorm.lr_summary` computed seed by seed
+    (``by_seed=True``), as a table: one row per level of ``by`` (in ``order`` if given),
+    one column per seed (sorted). ``runs`` has one row per run, with a ``seed`` column."""
+    table = lr_summary(runs, by, cap, by_seed=True).reset_index()
+    wide = table.pivot(index=by, columns="seed", values=value)
+    return wide.reindex(list(order)) if order is not None else wide
+
+
+def joined(values: Sequence[float] | pd.Series | np.ndarray, spec: str = ".3f") -> str:
+    """The numbers, each formatted with the format ``spec`` (``"+.3f"``: signed, three
+    decimals), joined by ``", "``: ``joined([0.1, -0.02], "+.2f") == "+0.10, -0.02"``."""
+    return ", ".join(format(float(v), spec) for v in values)
+
+
+def lr_table(
+    runs: pd.DataFrame,
+    runs_by_seed: pd.DataFrame,
+    by: str,
+    cap: float,
+    order: Sequence[object],
+) -> pd.DataFrame:
+    """Each design's learning-rate curve in one row, in ``order``: ``best_loss``,
+    ``best_lr`` and ``sensitivity`` of :func:`~prenorm.lr_summary` over the pooled cells
+    ``runs`` (one row per cell, with an ``outcome`` column from :func:`~prenorm.outcome`),
+    ``trained`` (how many of its cells trained) and ``seed_sensitivity``, the
+    sensitivity of each seed's own curve (``runs_by_seed``, one row per run), as text."""
+    table = lr_summary(runs, by, cap).reindex(list(order))
+    trained = runs[runs["outcome"] == "trained"].groupby(by).size()
+    table["trained"] = trained.reindex(table.index).fillna(0).astype(int)
+    per_seed = seed_values(runs_by_seed, by, cap, order=order)
+    table["seed_sensitivity"] = [joined(per_seed.loc[d]) for d in table.index]
+    return table
+
+
+def stream_rms(
+    probes: pd.DataFrame,
+    step: int,
+    by: str = "placement",
+    layer: int | None = None,
+) -> pd.DataFrame:
+    r"""The RMS :math:`\|x_l\|/\sqrt d` of the residual stream at probe ``step``, from a
+    sweep's :func:`~prenorm.residual_norms` rows: learning rate by level of ``by`` (both
+    sorted). ``layer=None`` takes the stream entering the head (``layer == n_layers``);
+    an integer, that layer's input. A cell not probed at ``step`` is missing."""
+    res = probes[(probes["probe"] == "residual_norms") & (probes["step"] == step)]
+    at = res["n_layers"] if layer is None else layer
+    return res[res["layer"] == at].pivot(index="lr", columns=by, values="rms")
+
+
+def compare_or(
+    value: float,
+    reference: float,
+    rel_tol: float,
+    words: tuple[str, str, str] = ("smaller than", "about the same as", "larger than"),
+    ratio: bool = False,
+    missing: str = "not comparable with",
+) -> str:
+    """:func:`~prenorm.compare`, or the word ``missing`` when either value is NaN (a
+    design that never trained has no number to compare)."""
+    if not (np.isfinite(float(value)) and np.isfinite(float(reference))):
+        return missing
+    return compare(value, reference, rel_tol, words, ratio=ratio)
+
+
+def plot_by_design(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    designs: Sequence[str],
+    ax: Axes,
+    markers: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
+    by: str = "placement",
+) -> Axes:
+    """One line of ``y`` against ``x`` per design, in the design's book colour
+    (:data:`~prenorm.PLACEMENT_COLORS`) and marker; labelled with ``labels`` (for a
+    legend) when given. A design with no rows draws an empty line (it keeps its legend
+    entry)."""
+    from .plotting import PLACEMENT_COLORS
+
+    for d in designs:
+        g = frame[frame[by] == d].sort_values(x)
+        label = labels[d] if labels is not None else None
+        ax.plot(g[x], g[y], color=PLACEMENT_COLORS[d], marker=markers[d], lw=1.6, ms=4, label=label)
+    return ax
+
+
+def plot_strip(
+    frame: pd.DataFrame,
+    y: str,
+    designs: Sequence[str],
+    levels: Sequence[object],
+    markers: Mapping[str, str],
+    labels: Mapping[str, str],
+    by: str = "placement",
+    level: str = "lr",
+    reference: float | None = None,
+    height: float = 3.0,
+) -> Figure:
+    """Every value of ``y`` as a point above its design, spread left to right and from
+    pale to dark by its ``level`` (the learning rate, in the order of ``levels``), with a
+    bar at the design's median and a dashed line at ``reference``. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import PLACEMENT_COLORS, TEXT_WIDTH
+
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, height))
+    k = max(1, len(levels) - 1)
+    for i, d in enumerate(designs):
+        mine = frame[frame[by] == d]
+        for j, v in enumerate(levels):
+            g = mine[mine[level] == v]
+            ax.scatter(
+                [i + 0.5 * (j / k - 0.5)] * len(g),
+                g[y],
+                color=PLACEMENT_COLORS[d],
+                marker=markers[d],
+                s=32,
+                alpha=0.3 + 0.7 * j / k,
+            )
+        median = mine[y].median() if len(mine) else math.nan
+        ax.plot([i - 0.3, i + 0.3], [median] * 2, color="0.2", lw=2)
+    if reference is not None:
+        ax.axhline(reference, ls="--", color="0.5", lw=1)
+    ax.set_xticks(range(len(designs)), [labels[d] for d in designs])
+    ax.set_ylabel(y.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+def plot_stream_growth(
+    stream: pd.DataFrame,
+    designs: Sequence[str],
+    lr: float,
+    step: int,
+    markers: Mapping[str, str],
+    labels: Mapping[str, str],
+    height: float = 3.4,
+) -> Figure:
+    """Two panels of the RMS of the residual stream entering the head (``stream``: the
+    :func:`~prenorm.residual_norms` rows with ``layer == n_layers``, one per cell and
+    step), one line per design: against the training step at the learning rate ``lr``
+    (left) and against the learning rate at step ``step`` (right). Log axes; one legend
+    below. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, height))
+    plot_by_design(stream[stream["lr"] == lr], "step", "rms", designs, axes[0], markers, labels)
+    plot_by_design(stream[stream["step"] == step], "lr", "rms", designs, axes[1], markers)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel(r"RMS of $x_L$")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("learning rate")
+    axes[1].set_ylabel(r"RMS of $x_L$ at the end")
+    handles = axes[0].get_legend_handles_labels()
+    fig.legend(*handles, ncol=6, fontsize=9, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_stream_by_layer(
+    stream: pd.DataFrame,
+    designs: Sequence[str],
+    lrs: Sequence[float],
+    markers: Mapping[str, str],
+    labels: Mapping[str, str],
+    height: float = 3.3,
+) -> Figure:
+    """One panel per learning rate in ``lrs``: the RMS of the residual stream entering
+    each layer (``stream``: :func:`~prenorm.residual_norms` rows at one step), one line per
+    design, on a shared log axis; one legend below. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    fig, axes = plt.subplots(1, len(lrs), figsize=(TEXT_WIDTH, height), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, lr in zip(axes, lrs, strict=True):
+        plot_by_design(stream[stream["lr"] == lr], "layer", "rms", designs, ax, markers, labels)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_title(f"learning rate {lr:g}", fontsize=11)
+    axes[0].set_ylabel(r"RMS of $x_l$")
+    handles = axes[0].get_legend_handles_labels()
+    fig.legend(*handles, ncol=6, fontsize=9, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_layer_removal(
+    ablation: pd.DataFrame,
+    designs: Sequence[str],
+    split: int,
+    markers: Mapping[str, str],
+    labels: Mapping[str, str],
+    by: str = "placement",
+    height: float = 3.4,
+) -> Figure:
+    r"""The loss increase :math:`\Delta_l` when layer :math:`l` is removed, against
+    :math:`l`, one line per design of ``designs`` that has rows in ``ablation``
+    (:func:`~prenorm.layer_ablation` rows of one learning rate). Symmetric-log axis,
+    linear inside the shaded band :math:`\pm 0.01` nats; a dotted line before layer
+    ``split`` divides shallow from deep. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, height))
+    drawn = [d for d in designs if (ablation[by] == d).any()]
+    plot_by_design(ablation, "layer", "loss_increase", drawn, ax, markers, labels, by=by)
+    ax.axhspan(-0.01, 0.01, color="0.92", zorder=0)
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.axvline(split - 0.5, color="0.5", ls=":", lw=1.2)
+    ax.set_yscale("symlog", linthresh=0.01)
+    if len(ablation):
+        ax.set_ylim(top=max(0.1, float(ablation["loss_increase"].max()) * 2))
+    ax.set_xlabel("layer removed")
+    ax.set_ylabel(r"loss increase $\Delta_l$ (nats)")
+    ax.legend(ncol=3, fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    fig.tight_layout()
+    return fig

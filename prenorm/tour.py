@@ -1,0 +1,326 @@
+r"""The first look at placements and at the norm's Jacobian (chapters 1 and 2).
+
+Placements side by side (:func:`placement_table`, :func:`train_placements`); the
+residual stream's growth, against Xiong et al.'s Lemma 1 band for Pre-LN at
+initialization, :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`
+(:func:`lemma1_band`), and from the first state to the last (:func:`stream_growth`); a
+closed-form Jacobian against autograd (:func:`autograd_error`) and the singular values of
+the LayerNorm and RMSNorm Jacobians against their closed forms
+(:func:`jacobian_spectrum`); and the scale :math:`\sigma` a stack's norms divide by
+(:func:`sigma_summary`). The plotting helpers import matplotlib when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .blocks import PLACEMENTS, SLOTS
+from .data import Corpus
+from .model import build_model
+from .norms import layernorm_jacobian, rmsnorm_jacobian
+from .probes import Batch, hidden_grad_norms
+from .training import TrainResult, outcome, train
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PlacementDemo",
+    "autograd_error",
+    "jacobian_spectrum",
+    "lemma1_band",
+    "mark_entropy",
+    "placement_table",
+    "plot_jacobian_spectra",
+    "plot_lemma1_band",
+    "sigma_summary",
+    "spectrum_explorer",
+    "stream_growth",
+    "train_placements",
+]
+
+_SLOT_NAMES = {
+    "in": "norm on branch input",
+    "out": "norm on branch output",
+    "after": "norm after the sum",
+}
+
+
+def placement_table(placements: Sequence[str] | None = None) -> pd.DataFrame:
+    """Where each placement of :data:`~prenorm.PLACEMENTS` (default: all of them) puts a
+    norm: one row per placement, one boolean column per slot of :data:`~prenorm.SLOTS`
+    (on the branch input, on the branch output, after the sum) and ``final norm`` (a norm
+    before the output head)."""
+    names = list(PLACEMENTS) if placements is None else list(placements)
+    rows = {}
+    for name in names:
+        spec = PLACEMENTS[name]
+        rows[name] = {_SLOT_NAMES[s]: spec.has(s) for s in SLOTS} | {"final norm": spec.final_norm}
+    return pd.DataFrame(rows).T
+
+
+@dataclass(frozen=True)
+class PlacementDemo:
+    """One training run per placement (:func:`train_placements`): ``results`` maps each
+    placement to its :class:`~prenorm.TrainResult`; ``table`` has one row per placement
+    with its ``final validation loss`` and ``outcome`` (:func:`~prenorm.outcome`);
+    ``histories`` concatenates the runs' histories with ``placement``, ``seed`` and
+    ``diverged`` columns (what :func:`~prenorm.plot_loss_curves` draws); ``grad_at_init``
+    is, per placement, the gradient at the first hidden state :math:`x_1` over the
+    gradient at the top :math:`x_L`, before training
+    (:func:`~prenorm.hidden_grad_norms`'s ``relative`` at layer 1)."""
+
+    results: dict[str, TrainResult]
+    table: pd.DataFrame
+    histories: pd.DataFrame
+    grad_at_init: pd.Series
+
+
+def train_placements(
+    corpus: Corpus,
+    placements: Sequence[str],
+    batch: Batch,
+    entropy: float,
+    margin: float,
+    model_kwargs: Mapping[str, object],
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    **train_kwargs: object,
+) -> PlacementDemo:
+    """Build one model per placement from the same ``seed`` (``model_kwargs`` fixes the
+    rest: depth, init, width, ...) on ``device``, measure its gradient ratio at
+    initialization on ``batch``, then train it there with :func:`~prenorm.train`
+    (``train_kwargs``: ``steps``, ``lr``, ...) and classify the run against the unigram ``entropy`` with ``margin``.
+    Returns a :class:`PlacementDemo`."""
+    results, rows, histories, at_init = {}, {}, [], {}
+    for placement in placements:
+        model = build_model(seed=seed, placement=placement, device=device, **model_kwargs)
+        at_init[placement] = float(hidden_grad_norms(model, batch).relative.iloc[1])
+        r = train(model, corpus, device=device, **train_kwargs)
+        results[placement] = r
+        rows[placement] = {
+            "final validation loss": r.final_val_loss,
+            "outcome": outcome(r, entropy, margin),
+        }
+        histories.append(r.history.assign(placement=placement, seed=seed, diverged=r.diverged))
+    return PlacementDemo(
+        results=results,
+        table=pd.DataFrame(rows).T,
+        histories=pd.concat(histories, ignore_index=True),
+        grad_at_init=pd.Series(at_init, name="gradient at x_1 / gradient at x_L, at init"),
+    )
+
+
+def lemma1_band(states: pd.DataFrame, value: str = "ms") -> pd.DataFrame:
+    r"""Pre-LN's mean square per layer against Xiong et al.'s Lemma 1,
+    :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`. ``states`` holds rows of
+    :func:`~prenorm.residual_norms` (several seeds) with ``layer`` and ``value``. One row
+    per layer :math:`l`: ``mean`` and ``sem`` (standard error over the rows) of ``value``,
+    the band's ends ``lo`` :math:`= 1 + l/2` and ``hi`` :math:`= 1 + 3l/2`, and ``below``
+    :math:`= (lo - mean)/sem` and ``above`` :math:`= (mean - hi)/sem`, how many standard
+    errors the mean lies below or above the band (negative inside it)."""
+    band = states.groupby("layer")[value].agg(["mean", "sem"])
+    l = band.index.to_numpy()
+    band["lo"], band["hi"] = 1 + l / 2, 1 + 3 * l / 2
+    band["below"] = ((1 + l / 2) - band["mean"]) / band["sem"]
+    band["above"] = (band["mean"] - (1 + 3 * l / 2)) / band["sem"]
+    return band
+
+
+def stream_growth(
+    norms: pd.DataFrame, value: str = "rms", run: Sequence[str] = ("init", "n_layers", "seed")
+) -> pd.DataFrame:
+    r"""The growth of the residual stream from its first state to its last, per run:
+    :math:`g = v_L / v_0` for ``value`` :math:`v` (the RMS, say) of
+    :func:`~prenorm.residual_norms` rows, where :math:`L` is each run's ``n_layers``. One
+    row per run (the columns ``run`` identify it) with ``growth``."""
+    run = list(run)
+    first = norms[norms.layer == 0].set_index(run)[value]
+    last = norms[norms.layer == norms.n_layers].set_index(run)[value]
+    return (last / first).rename("growth").reset_index()
+
+
+def autograd_error(fn: Callable[[Tensor], Tensor], jacobian: Tensor, x: Tensor) -> float:
+    r"""How far closed-form Jacobians are from autograd's: for the rows :math:`x_i` of
+    ``x`` (shape ``(n, d)``) and ``jacobian`` the closed forms :math:`J_i` (shape
+    ``(n, d, d)``), :math:`\max |J - A| / \max |A|` over all entries, with :math:`A_i` the
+    Jacobian of ``fn`` at :math:`x_i` by :func:`torch.func.jacrev`."""
+    if x.ndim != 2 or jacobian.shape != (*x.shape, x.shape[-1]):
+        raise ValueError(
+            f"x must be (n, d) and jacobian (n, d, d); got {x.shape}, {jacobian.shape}"
+        )
+    auto = torch.stack([torch.func.jacrev(fn)(xi) for xi in x])
+    return ((jacobian - auto).abs().max() / auto.abs().max()).item()
+
+
+def jacobian_spectrum(x: Tensor, norm: str = "layernorm", eps: float = 0.0) -> pd.DataFrame:
+    r"""The singular values of a norm's Jacobian at one token ``x`` (:math:`\gamma = 1`)
+    next to their closed form. For LayerNorm, with :math:`\sigma = \sqrt{\mathrm{Var}(x) +
+    \epsilon}`: :math:`1/\sigma` (:math:`d - 2` times), :math:`\epsilon/\sigma^3`, 0; for
+    RMSNorm, with :math:`r = \sqrt{\overline{x^2} + \epsilon}`: :math:`1/r`
+    (:math:`d - 1` times), :math:`\epsilon/r^3`. One row per singular value, largest
+    first: ``norm``, ``eps``, ``scale`` (:math:`\sigma` or :math:`r`), ``index``,
+    ``singular_value`` and ``predicted``."""
+    if x.ndim != 1:
+        raise ValueError(f"x must be one token, shape (d,); got {tuple(x.shape)}")
+    d = x.shape[0]
+    if norm == "layernorm":
+        s = (x.var(unbiased=False) + eps).sqrt().item()
+        sv = torch.linalg.svdvals(layernorm_jacobian(x, eps=eps))
+        predicted = [1 / s] * (d - 2) + [eps / s**3, 0.0]
+    elif norm == "rmsnorm":
+        s = (x.pow(2).mean() + eps).sqrt().item()
+        sv = torch.linalg.svdvals(rmsnorm_jacobian(x, eps=eps))
+        predicted = [1 / s] * (d - 1) + [eps / s**3]
+    else:
+        raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {norm!r}")
+    return pd.DataFrame(
+        {
+            "norm": norm,
+            "eps": eps,
+            "scale": s,
+            "index": np.arange(d),
+            "singular_value": sv.tolist(),
+            "predicted": predicted,
+        }
+    )
+
+
+def sigma_summary(scales: pd.DataFrame, by: str = "init") -> pd.DataFrame:
+    r"""The scale :math:`\sigma` a stack's norms divide by, per level of ``by``, from rows
+    of :func:`~prenorm.norm_input_scales` (several seeds): ``sigma_mean``, ``sigma_min``,
+    ``sigma_max`` of the per-norm ``scale_mean``; ``prod_inv_sigma``, the product
+    :math:`\prod_k 1/\sigma_k` over the norms of one model (the post's compounding
+    factor), averaged over seeds; and ``sigma_pct``, :math:`100\max_k|\sigma_k - 1|`."""
+    summary = scales.groupby(by).agg(
+        sigma_mean=("scale_mean", "mean"),
+        sigma_min=("scale_mean", "min"),
+        sigma_max=("scale_mean", "max"),
+    )
+    summary["prod_inv_sigma"] = (
+        scales.groupby([by, "seed"]).inv_scale_mean.prod().groupby(by).mean()
+    )
+    summary["sigma_pct"] = [
+        100 * float((scales[scales[by] == level].scale_mean - 1).abs().max())
+        for level in summary.index
+    ]
+    return summary
+
+
+# ---- figures --------------------------------------------------------------------------
+def mark_entropy(ax: Axes, entropy: float, headroom: float | None = 1.2) -> Axes:
+    """Draw the unigram entropy :math:`H` as a labelled dashed line on a loss plot, and
+    (with ``headroom``) cap the y axis at :math:`H` + ``headroom``, so that the first
+    steps' large losses do not squash the curves."""
+    ax.axhline(entropy, color="0.3", ls="--", lw=1.2)
+    ax.annotate(
+        "unigram entropy $H$",
+        (0.98, entropy),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize=11,
+        color="0.3",
+    )
+    if headroom is not None:
+        ax.set_ylim(top=min(ax.get_ylim()[1], entropy + headroom))
+    return ax
+
+
+def plot_lemma1_band(
+    band: pd.DataFrame, post: pd.Series | None = None, ax: Axes | None = None
+) -> Axes:
+    r"""Lemma 1's band for Pre-LN (grey), the Pre-LN means of :func:`lemma1_band` with
+    error bars of three standard errors, and optionally Post-LN's per-layer mean square
+    ``post`` (indexed by layer), against the layer index."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import PLACEMENT_COLORS
+
+    ax = ax or plt.gca()
+    l = band.index.to_numpy()
+    ax.fill_between(l, band["lo"], band["hi"], color="0.88", zorder=0, label="Lemma 1 (Pre-LN)")
+    ax.errorbar(
+        l,
+        band["mean"],
+        yerr=3 * band["sem"],
+        fmt="o",
+        ms=3,
+        capsize=2,
+        color=PLACEMENT_COLORS["pre"],
+        label="Pre-LN",
+    )
+    if post is not None:
+        ax.plot(post.index, post.values, "o", ms=3, color=PLACEMENT_COLORS["post"], label="Post-LN")
+    ax.set_xlabel("layer index $l$")
+    ax.set_ylabel(r"$\|x_l\|^2 / d$")
+    ax.legend()
+    return ax
+
+
+def plot_jacobian_spectra(spectra: pd.DataFrame, offset: float = 0.03) -> Figure:
+    """Two panels, LayerNorm and RMSNorm: the singular values of :func:`jacobian_spectrum`
+    times the token's scale, one line per token (shifted up by ``offset`` each, so that
+    lines that coincide stay visible), against their index."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH, palette
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.4), sharey=True)
+    for ax, (norm, title) in zip(
+        axes, [("layernorm", "LayerNorm"), ("rmsnorm", "RMSNorm")], strict=True
+    ):
+        sub = spectra[spectra.norm == norm]
+        labels = sub.scale.map(lambda s: f"{s:.2f}")
+        colours = palette("token scale", list(dict.fromkeys(labels)))
+        for k, (label, grp) in enumerate(sub.groupby(labels, sort=False)):
+            y = grp["singular_value"] * grp["scale"] + offset * k
+            ax.plot(grp["index"], y, "o-", ms=2.5, lw=1, color=colours[k], label=label)
+        ax.set_title(title)
+        ax.set_xlabel("index (sorted)")
+    axes[0].set_ylabel("singular value × scale")
+    axes[1].legend(title="token scale")
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_explorer() -> object:
+    r"""Sliders for a token's scale and the width :math:`d` that redraw the singular values
+    of the LayerNorm and RMSNorm Jacobians (:math:`\epsilon = 0`) next to
+    :math:`1/\sigma`; needs ipywidgets (without it, prints how to get it and returns
+    ``None``)."""
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        print("install ipywidgets for the interactive version")
+        return None
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    def show(scale: float = 1.0, width: int = 64) -> None:
+        gen = torch.Generator().manual_seed(1)
+        x = scale * torch.randn(width, generator=gen, dtype=torch.float64)
+        fig, ax = plt.subplots(figsize=(TEXT_WIDTH, 3))
+        for name, fn in (("LayerNorm", layernorm_jacobian), ("RMSNorm", rmsnorm_jacobian)):
+            ax.plot(torch.linalg.svdvals(fn(x, eps=0.0)), "o-", ms=3, label=name)
+        sigma = x.std(unbiased=False).item()
+        ax.axhline(1 / sigma, color="0.5", ls="--", lw=1, label=r"$1/\sigma$")
+        ax.set_xlabel("singular value index")
+        ax.set_ylabel("singular value")
+        ax.legend()
+        plt.show()
+
+    return widgets.interact(
+        show,
+        scale=widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, description="scale"),
+        width=widgets.IntSlider(value=64, min=4, max=256, step=4, description="d"),
+    )

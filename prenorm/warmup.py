@@ -1,0 +1,458 @@
+r"""Grids of training runs sorted by outcome, and what chapter 5 reads from them: is
+warmup load-bearing?
+
+The runs come from :func:`~prenorm.sweep` (one row per run, :func:`~prenorm.runs_of`)
+with an ``outcome`` column (:func:`~prenorm.outcome`: ``"trained"``, ``"stalled"`` or
+``"diverged"``). A *cell* is one point of the grid without its seed, by default
+:data:`CELL` = (depth, learning rate, warmup length). The functions here count and rate
+outcomes per cell (:func:`outcome_counts`, :func:`rate_table`), find the cells that
+one placement fails and the other trains (:func:`split_cells`), what warmup changes
+(:func:`warmup_gain`, :func:`rescued_cells`), run the controls that would each do
+warmup's job under another explanation of it (:func:`warmup_controls`,
+:func:`trained_counts`, :func:`matches_treatment`), follow a model's gradient through
+its first steps (:func:`first_steps`) and compare the placements where both trained
+(:func:`trained_cells`, :func:`paired_t`). The plotting helpers import matplotlib on
+first use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .stats import paired_difference, rate
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .data import Corpus
+    from .probes import Batch
+
+__all__ = [
+    "CELL",
+    "PairedT",
+    "control_labels",
+    "first_steps",
+    "matches_treatment",
+    "outcome_counts",
+    "paired_t",
+    "plot_controls",
+    "plot_first_steps",
+    "plot_stability_map",
+    "plot_warmup_curves",
+    "rate_table",
+    "rescued_cells",
+    "split_cells",
+    "trained_cells",
+    "trained_counts",
+    "warmup_controls",
+    "warmup_gain",
+]
+
+#: The columns that make a cell of a training grid: every run of a cell differs from the
+#: others only in its seed (and, where it is a column, its placement).
+CELL: tuple[str, ...] = ("n_layers", "lr", "warmup_steps")
+
+
+def _need(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the frame; columns: {list(frame.columns)}")
+
+
+def outcome_counts(runs: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    """How the runs of each group (the columns ``by``) ended, in words: ``"2 trained,
+    1 stalled"``, the outcomes from the most to the least frequent (ties in order of
+    first appearance). One entry per group, indexed by ``by``."""
+    _need(runs, [*by, "outcome"])
+    return runs.groupby(list(by)).outcome.agg(
+        lambda s: ", ".join(f"{n} {w}" for w, n in s.value_counts().items())
+    )
+
+
+def rate_table(
+    runs: pd.DataFrame, by: Sequence[str], words: Sequence[str] = ("trained", "failed")
+) -> pd.DataFrame:
+    """The outcome rates of each group of runs (the columns ``by``): one row per group,
+    with ``by``, the number of runs ``n`` and one column per word of ``words``, the
+    fraction of the group's runs with that outcome (:func:`~prenorm.rate`; ``"failed"``
+    is stalled or diverged)."""
+    _need(runs, [*by, "outcome"])
+    rows = [
+        {
+            **dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+            "n": len(g),
+            **{w: rate(g.outcome, w) for w in words},
+        }
+        for key, g in runs.groupby(list(by))
+    ]
+    return pd.DataFrame(rows, columns=[*by, "n", *words])
+
+
+def split_cells(
+    runs: pd.DataFrame,
+    fails: object = "post",
+    trains: object = "pre",
+    by: str = "placement",
+    cell: Sequence[str] = CELL,
+) -> pd.Series:
+    """For every cell (the columns ``cell``): whether the runs split by ``by``, every run
+    with ``by == fails`` failing (stalled or diverged) and every run with
+    ``by == trains`` training. A cell missing either side is not split. A boolean
+    Series indexed by ``cell``."""
+    _need(runs, [*cell, by, "outcome"])
+    return runs.groupby(list(cell)).apply(
+        lambda g: (
+            rate(g.outcome[g[by] == fails], "failed") == 1
+            and rate(g.outcome[g[by] == trains], "trained") == 1
+        )
+    )
+
+
+def warmup_gain(
+    runs: pd.DataFrame,
+    warm: int,
+    value: str = "final_val_loss",
+    cell: Sequence[str] = ("n_layers", "lr"),
+) -> pd.Series:
+    r"""What a warmup of ``warm`` steps gains in each cell (the columns ``cell``):
+    :math:`\bar y(T_w = 0) - \bar y(T_w = \text{warm})`, the mean of ``value`` over the
+    cell's runs without warmup less its mean with it (positive: warmup lowered the loss).
+    Indexed by ``cell``."""
+    _need(runs, [*cell, "warmup_steps", value])
+    means = runs.groupby([*cell, "warmup_steps"])[value].mean()
+    return means.xs(0, level="warmup_steps") - means.xs(warm, level="warmup_steps")
+
+
+def rescued_cells(
+    runs: pd.DataFrame, warm: int, cell: Sequence[str] = ("n_layers", "lr")
+) -> pd.DataFrame:
+    """The cells (the columns ``cell``) where some run without warmup failed, each with
+    ``rescued``: whether every run of the cell trained with a warmup of ``warm`` steps.
+    Pass the runs of one placement. Indexed by ``cell``."""
+    _need(runs, [*cell, "warmup_steps", "outcome"])
+    all_trained = (
+        runs.groupby([*cell, "warmup_steps"])
+        .outcome.apply(lambda s: (s == "trained").all())
+        .unstack("warmup_steps")
+    )
+    failing = all_trained[~all_trained[0].astype(bool)]
+    return pd.DataFrame({"rescued": failing[warm].astype(bool)})
+
+
+def control_labels(warm: int) -> dict[str, str]:
+    """The arms of the warmup controls (:func:`warmup_controls`), in the order they are
+    shown: a short key (for glue names) -> the label of the arm."""
+    return {
+        "postln": "Post-LN (Adam)",
+        "warmup": f"Post-LN + warmup {warm}",
+        "clipping": "Post-LN + clipping",
+        "radam": "Post-LN + RAdam",
+        "deepnorm": "DeepNorm",
+        "preln": "Pre-LN (Adam)",
+    }
+
+
+def warmup_controls(
+    data: Corpus,
+    runs: pd.DataFrame,
+    model_kwargs: Mapping[str, object],
+    train_kwargs: Mapping[str, object],
+    entropy: float,
+    margin: float,
+    n_layers: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Three controls that would each do warmup's job under a different explanation of it,
+    trained without warmup at depth ``n_layers`` (default: the deepest in ``runs``), at
+    every learning rate and seed of ``runs``: Post-LN with the gradient norm clipped at 1,
+    Post-LN with RAdam, and DeepNorm with its init (:func:`~prenorm.sweep`, one sweep).
+    Returns one row per run, the controls' runs after ``runs``' own at that depth
+    (Post-LN and Pre-LN without warmup, Post-LN with each warmup), with ``control`` (a
+    label of :func:`control_labels`) and ``outcome`` (:func:`~prenorm.outcome` against
+    ``entropy`` and ``margin``). Raises if a control run raised."""
+    from .sweeps import sweep
+    from .training import outcome
+
+    _need(runs, ["placement", "n_layers", "lr", "warmup_steps", "seed", "outcome"])
+    deep = int(runs.n_layers.max()) if n_layers is None else n_layers
+    labels = control_labels(0)
+    slice_ = {
+        "n_layers": [deep],
+        "lr": list(dict.fromkeys(runs.lr)),
+        "warmup_steps": [0],
+        "seed": list(dict.fromkeys(runs.seed)),
+    }
+    arms = {
+        labels["clipping"]: {"placement": ["post"], "clip": [1.0], **slice_},
+        labels["radam"]: {"placement": ["post"], "optimizer": ["radam"], **slice_},
+        labels["deepnorm"]: {"placement": ["deepnorm"], "init": ["deepnorm"], **slice_},
+    }
+    controls = sweep(data, list(arms.values()), model_kwargs, train_kwargs, progress=progress)
+    per_arm = len(controls) // len(arms)
+    controls["control"] = np.repeat(list(arms), per_arm)
+    if controls.error.notna().any():
+        raise RuntimeError(f"control runs raised: {controls.error.dropna().tolist()}")
+    controls["outcome"] = outcome(controls, entropy, margin)
+    base = runs[runs.n_layers == deep].copy()
+    base = base[(base.warmup_steps == 0) | (base.placement == "post")]
+    names = {"post": "Post-LN", "pre": "Pre-LN"}
+    base["control"] = [
+        f"Post-LN + warmup {w}" if w else f"{names.get(p, p)} (Adam)"
+        for p, w in zip(base.placement, base.warmup_steps, strict=True)
+    ]
+    return pd.concat([base, controls], ignore_index=True)
+
+
+def trained_counts(
+    table: pd.DataFrame, index: str = "control", columns: str = "lr", order: Sequence | None = None
+) -> pd.DataFrame:
+    """How many runs trained, per value of ``index`` (rows, in ``order`` if given) and of
+    ``columns`` (columns): a table of integer counts, 0 where no run has that pair of
+    values."""
+    _need(table, [index, columns, "outcome"])
+    counts = (table.outcome == "trained").groupby([table[index], table[columns]]).sum()
+    wide = counts.unstack(columns, fill_value=0).astype(int)
+    return wide.loc[list(order)] if order is not None else wide
+
+
+def matches_treatment(
+    counts: pd.DataFrame, treatment: object, candidates: Sequence[object]
+) -> list[object]:
+    """The ``candidates`` (rows of ``counts``, :func:`trained_counts`) that trained at
+    least as many runs as ``treatment`` in every column: those that "do its job"."""
+    return [c for c in candidates if bool((counts.loc[c] >= counts.loc[treatment]).all())]
+
+
+def first_steps(
+    data: Corpus,
+    batch: Batch,
+    model_kwargs: Mapping[str, object],
+    train_kwargs: Mapping[str, object],
+    lr: float,
+    warmups: Sequence[int],
+    steps: int,
+    at: Sequence[int],
+    seed: int = 0,
+) -> pd.DataFrame:
+    r"""Train the model of ``model_kwargs`` (seed ``seed``) for ``steps`` steps at
+    learning rate ``lr``, once per warmup length in ``warmups`` (capped at ``steps``),
+    and probe it on the fixed ``batch`` at each step in ``at`` (0: the initialization):
+    one row per probe with ``step``, ``warmup_steps``,
+    ``"gradient at x_1 / top"`` (:math:`\|\partial\mathcal L/\partial x_1\| /
+    \|\partial\mathcal L/\partial x_L\|`, :func:`~prenorm.hidden_grad_norms`),
+    ``"prod 1/sigma"`` (:math:`\prod 1/\sigma` over the norms of layers 1 and up, the
+    product of their mean inverse scales, :func:`~prenorm.norm_input_scales`) and
+    ``"mean sigma"`` (the mean :math:`\sigma` over every norm). ``train_kwargs`` go to
+    :func:`~prenorm.train` (``steps`` is overridden); its ``device`` is the model's."""
+    from .model import build_model
+    from .probes import hidden_grad_norms, norm_input_scales
+    from .training import train
+
+    checkpoints = set(at)
+    rows: list[dict[str, float]] = []
+    for warmup in warmups:
+
+        def probe(step: int, model: object, warmup: int = warmup) -> None:
+            if step in checkpoints:
+                g = hidden_grad_norms(model, batch)
+                s = norm_input_scales(model, batch)
+                above = s[s.layer >= 1]
+                rows.append(
+                    {
+                        "step": step,
+                        "warmup_steps": warmup,
+                        "gradient at x_1 / top": float(g.relative[g.layer == 1].iloc[0]),
+                        "prod 1/sigma": float(np.exp(np.log(above.inv_scale_mean).sum())),
+                        "mean sigma": float(s.scale_mean.mean()),
+                    }
+                )
+
+        model = build_model(seed=seed, device=train_kwargs.get("device"), **model_kwargs)
+        train(
+            model,
+            data,
+            **{**train_kwargs, "steps": steps},
+            lr=lr,
+            warmup_steps=min(warmup, steps),
+            seed=seed,
+            callback=probe,
+        )
+    return pd.DataFrame(rows)
+
+
+def trained_cells(
+    runs: pd.DataFrame, cell: Sequence[str] = CELL, value: str = "final_val_loss"
+) -> pd.DataFrame:
+    """The runs of the cells (the columns ``cell``, placements together) where every run
+    trained: the runs on which two placements can be compared by their ``value``."""
+    _need(runs, [*cell, "outcome", value])
+    return runs.groupby(list(cell)).filter(lambda g: bool((g.outcome == "trained").all()))
+
+
+@dataclass(frozen=True)
+class PairedT:
+    r"""A paired comparison: ``n`` pairs, the mean difference ``mean`` :math:`\bar d`, its
+    standard deviation ``sd`` (``ddof=1``) and :math:`t = \bar d / (s/\sqrt n)`. With one
+    pair ``sd`` and ``t`` are 0; with none all three are NaN."""
+
+    n: int
+    mean: float
+    sd: float
+    t: float
+
+
+def paired_t(
+    frame: pd.DataFrame,
+    by: str,
+    a: object,
+    b: object,
+    value: str = "final_val_loss",
+    pair: Sequence[str] = (*CELL, "seed"),
+) -> PairedT:
+    r"""The paired difference :math:`d_i = y_i(a) - y_i(b)` of ``value`` (rows paired by
+    the columns ``pair``, sides told apart by ``by``; :func:`~prenorm.paired_difference`)
+    as a :class:`PairedT`: its mean, standard deviation and :math:`t` statistic."""
+    if not len(frame):
+        return PairedT(0, math.nan, math.nan, math.nan)
+    est = paired_difference(frame, by, a, b, value=value, pair=pair)
+    if est.n < 2:
+        return PairedT(est.n, est.value, 0.0, 0.0)
+    return PairedT(est.n, est.value, est.sd, est.value / (est.sd / math.sqrt(est.n)))
+
+
+# ---- figures (matplotlib is imported on first use) --------------------------------------
+def plot_warmup_curves(
+    hist: pd.DataFrame, warm: int, entropy: float, smooth: int = 10, top: float = 1.2
+) -> Figure:
+    """Two panels of training loss against step (:func:`~prenorm.plot_loss_curves`, one
+    line per run, colour by placement): without warmup and with ``warm`` warmup steps
+    (shaded), the unigram entropy ``entropy`` dashed, the y axis cut at ``entropy +
+    top``."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH, one_legend, plot_loss_curves
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.6), sharey=True)
+    for ax, w in zip(axes, [0, warm], strict=True):
+        plot_loss_curves(hist[hist.warmup_steps == w], ax=ax, smooth=smooth)
+        ax.axhline(entropy, color="0.3", ls="--", lw=1.2)
+        if w:
+            ax.axvspan(0, w, color="0.9", zorder=0)
+        ax.set_title("no warmup" if w == 0 else f"warmup {w} steps", fontsize=12)
+    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], entropy + top))
+    one_legend(axes)
+    return fig
+
+
+def plot_stability_map(
+    runs: pd.DataFrame, entropy: float, placements: Sequence[str] = ("post", "pre")
+) -> Figure:
+    """The final validation loss of every cell (:func:`~prenorm.plot_grid`: learning rate
+    by warmup), one panel per placement (rows) and depth (columns), on one colour scale
+    from the lowest loss to the larger of ``entropy`` and the highest."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import PLACEMENT_LABELS, TEXT_WIDTH, plot_grid
+
+    depths = sorted(runs.n_layers.unique())
+    fig, axes = plt.subplots(len(placements), len(depths), figsize=(TEXT_WIDTH, 5.6), squeeze=False)
+    lo, hi = float(runs.final_val_loss.min()), float(runs.final_val_loss.max())
+    for i, placement in enumerate(placements):
+        for j, depth in enumerate(depths):
+            ax = axes[i, j]
+            sub = runs[(runs.placement == placement) & (runs.n_layers == depth)]
+            plot_grid(
+                sub, "final_val_loss", ax=ax, vmin=lo, vmax=max(entropy, hi), cbar=False, fmt=".2f"
+            )
+            ax.set_title(f"{PLACEMENT_LABELS[placement]}, $L$ = {depth}", fontsize=12)
+            ax.set_xlabel("warmup steps" if i == len(placements) - 1 else "")
+            ax.set_ylabel("learning rate" if j == 0 else "")
+            ax.set_yticklabels([f"{lr:g}" for lr in sorted(sub.lr.unique())], rotation=0)
+    fig.tight_layout()
+    fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.8, label="final validation loss")
+    return fig
+
+
+_CONTROL_COLORS = ("#c44e52", "#8172b3", "#dd8452", "#937860", "#55a868", "#4c72b0")
+
+
+def plot_controls(table: pd.DataFrame, order: Sequence[str], entropy: float, margin: float) -> Axes:
+    """The final validation loss of every run of ``table`` (:func:`warmup_controls`), one
+    column of points per control in ``order``, one marker per learning rate; a diverged
+    run is drawn at ``entropy``, and the dashed line is ``entropy - margin``, the loss a
+    run must beat to count as trained."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    _, ax = plt.subplots(figsize=(TEXT_WIDTH, 3.6))
+    shown = table.assign(loss=table.final_val_loss.where(~table.diverged.astype(bool), entropy))
+    colors = dict(zip(order, _CONTROL_COLORS, strict=False))
+    lrs = sorted(table.lr.unique())
+    for k, (lr, marker) in enumerate(zip(lrs, ["o", "s", "D"], strict=False)):
+        sub = shown[shown.lr == lr]
+        for i, name in enumerate(order):
+            y = sub[sub.control == name].loss
+            ax.scatter(
+                np.full(len(y), i + 0.12 * (k - 0.5)),
+                y,
+                color=colors[name],
+                marker=marker,
+                s=45,
+                label=f"lr {lr:g}" if i == 0 else None,
+            )
+    ticks = [n.replace(" + ", "\n+ ").replace(" (", "\n(") for n in order]
+    ax.set_xticks(range(len(order)), ticks, fontsize=10)
+    ax.axhline(entropy - margin, color="0.3", ls="--", lw=1.2)
+    ax.set_ylabel("final validation loss\n(nats/char)")
+    ax.legend(fontsize=9, loc="lower left")
+    return ax
+
+
+def plot_first_steps(early: pd.DataFrame, threshold: float = 0.5) -> Figure:
+    r"""Two panels from :func:`first_steps`, one line style per warmup length: the mean
+    :math:`\sigma` against step (left); the measured gradient ratio at :math:`x_1` (with
+    markers) and the post's factor :math:`\prod 1/\sigma` (grey) on a log scale, with
+    ``threshold`` dotted (right)."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 4.2))
+    for w, ls in zip(sorted(early.warmup_steps.unique()), ["-", "--", ":", "-."], strict=False):
+        e = early[early.warmup_steps == w]
+        axes[0].plot(e.step, e["mean sigma"], ls=ls, color="#c44e52", lw=1.5, label=f"warmup {w}")
+        axes[1].plot(
+            e.step,
+            e["gradient at x_1 / top"],
+            ls=ls,
+            color="#c44e52",
+            marker="o",
+            ms=4,
+            label=f"measured, warmup {w}",
+        )
+        axes[1].plot(
+            e.step,
+            e["prod 1/sigma"],
+            ls=ls,
+            color="0.45",
+            lw=1.2,
+            label=rf"$\prod 1/\sigma$, warmup {w}",
+        )
+    axes[0].set_ylabel(r"mean $\sigma$")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("ratio to the top")
+    axes[1].axhline(threshold, color="0.6", lw=0.8, ls=":")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=9, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    fig.tight_layout()
+    return fig
