@@ -256,6 +256,23 @@ def _run_ids(df: pd.DataFrame) -> pd.Series:
     return starts.cumsum()
 
 
+def mark_diverged(ax: Axes, xs: Sequence[float], color: str, y: float = 1.03) -> None:
+    """The book's mark for a diverged run: a cross just above the frame (``y`` in axes
+    fractions) at each of ``xs`` in data coordinates, since such a run has no final loss
+    to place on the y axis."""
+    for v in xs:
+        ax.plot(
+            [v],
+            [y],
+            "x",
+            color=color,
+            ms=10,
+            mew=2,
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),
+        )
+
+
 def plot_loss_vs_lr(
     runs: pd.DataFrame,
     hue: str,
@@ -284,17 +301,7 @@ def plot_loss_vs_lr(
             lw=1.6,
             label=(labels or {}).get(level, str(level)),
         )
-        for v in g[g["diverged"].astype(bool)]["lr"]:
-            ax.plot(
-                [v],
-                [1.03],
-                "x",
-                color=color,
-                ms=10,
-                mew=2,
-                clip_on=False,
-                transform=ax.get_xaxis_transform(),
-            )
+        mark_diverged(ax, g[g["diverged"].astype(bool)]["lr"], color)
     if entropy is not None:
         ax.axhline(entropy, ls="--", color="0.4", lw=1)
     ax.set_xscale("log")

@@ -149,8 +149,8 @@ def plot_paired_losses(
 ):
     r"""Two panels for a paired comparison of final losses (``losses``: one row per
     seed, one column per side): left, each seed's pair joined by a line; right, the
-    paired differences ``a - b``, their mean with ``estimate``'s interval, and the band
-    :math:`\pm` ``tol``. Returns the figure."""
+    paired differences ``a - b``, their mean with ``estimate``'s interval, the band
+    :math:`\pm` ``tol`` and the threshold ``+tol`` (dashed). Returns the figure."""
     import matplotlib.pyplot as plt
 
     from .plotting import NORM_COLORS, TEXT_WIDTH
@@ -169,6 +169,7 @@ def plot_paired_losses(
     axes[0].set_ylabel("final validation loss (nats)")
     axes[1].axhspan(-tol, tol, color="0.9", zorder=0)
     axes[1].axhline(0, color="0.5", lw=0.8)
+    axes[1].axhline(tol, color="0.3", lw=1.0, ls="--")  # the one-sided threshold
     axes[1].scatter(np.zeros(len(paired)), paired, color=NORM_COLORS.get(a), s=25, zorder=2)
     axes[1].errorbar(
         [1],

@@ -236,7 +236,7 @@ def plot_setting_sweep(
     ``ticks_at_values`` puts the ticks at the swept values."""
     import matplotlib.pyplot as plt
 
-    from .plotting import NORM_COLORS
+    from .plotting import NORM_COLORS, mark_diverged
 
     ax = ax or plt.gca()
     colors = colors or NORM_COLORS
@@ -246,8 +246,7 @@ def plot_setting_sweep(
         mean = ok.groupby(x)[value].mean()
         ax.plot(mean.index, mean.values, color=color, lw=1.6, label=str(level))
         ax.scatter(ok[x], ok[value], color=color, s=18, alpha=0.7)
-        for v in g[g["diverged"].astype(bool)][x]:
-            ax.plot([v], [1.0], marker="x", color=color, ms=9, transform=ax.get_xaxis_transform())
+        mark_diverged(ax, g[g["diverged"].astype(bool)][x], color)
     ax.set_xscale(xscale)
     if ticks_at_values:
         values = sorted(runs[x].unique())

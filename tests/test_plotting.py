@@ -218,3 +218,19 @@ def test_loss_curves_draw_every_run_even_when_only_the_optimizer_differs():
         tuple(4.0 - 0.1 * s for s in range(6)),
     ]
     plt.close(fig)
+
+
+def test_mark_diverged_puts_a_cross_above_the_frame_at_each_x():
+    # Fails if a cross lands inside the frame (where it would read as a loss), at the
+    # wrong x, or is clipped away by the frame.
+    import matplotlib.pyplot as plt
+
+    import prenorm as P
+
+    fig, ax = plt.subplots()
+    ax.plot([1e-3, 1e-1], [2.0, 3.0])
+    P.mark_diverged(ax, [3e-2, 1e-1], "red")
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+    assert [float(c.get_xdata()[0]) for c in crosses] == [3e-2, 1e-1]
+    assert all(float(c.get_ydata()[0]) > 1.0 and not c.get_clip_on() for c in crosses)
+    plt.close(fig)

@@ -81,6 +81,10 @@ def test_plots_draw_their_panels():
     est = P.t_interval((losses.rmsnorm - losses.layernorm).to_numpy())
     fig = P.plot_paired_losses(losses, est, 0.02)
     assert len(fig.axes) == 2
+    # the dashed one-sided threshold sits at +tol
+    assert [tuple(ln.get_ydata()) for ln in fig.axes[1].lines if ln.get_linestyle() == "--"] == [
+        (0.02, 0.02)
+    ]
     plt.close(fig)
 
 
