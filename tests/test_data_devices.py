@@ -67,6 +67,7 @@ def test_scale_selection(monkeypatch):
     # preset goes back to one draw, or repeats a seed)
     for preset in PRESETS.values():
         assert len(set(preset.design_seeds)) == len(preset.design_seeds) >= 2, preset.name
+        assert len(set(preset.quality_seeds)) == len(preset.quality_seeds) >= 2, preset.name
 
 
 def test_devices():
