@@ -88,9 +88,9 @@ class Scale:
     chapter 7 (:func:`~prenorm.time_norms`): the widths :math:`d` timed, the tokens per
     input and the timed repeats per width and implementation. ``quality_seeds``: the
     seeds of chapter 7's paired comparison of RMSNorm with LayerNorm (C13); at ``cpu``,
-    eight, so that the 95% *t*-interval's half-width :math:`t_{0.975,n-1}\,s/\sqrt n` at
-    the paired SD :math:`s \approx 0.015` nats that three seeds measured is about 0.012
-    nats, below the claim's 0.02 (three seeds gave 0.036).
+    eight, so that the half-width of the 95% *t*-interval, t(0.975, n - 1) s / sqrt(n) at
+    the paired SD s = 0.015 nats that three seeds measured, is about 0.012 nats, below
+    the claim's 0.02 (three seeds gave 0.036).
     """
 
     name: str
