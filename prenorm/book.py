@@ -81,10 +81,13 @@ class Chapter:
 def setup(preset: str | None = None, threads: int | None = None) -> Chapter:
     """Prepare a chapter: house style, CPU settings (:func:`~prenorm.setup_cpu`), the scale
     preset (``preset``, else ``$PRENORM_SCALE``, else by device), the device and the
-    corpus. Glues ``scale_name`` for the prose and prints one line naming the preset,
+    corpus. Shows table cells in full (pandas' ``display.max_colwidth``). Glues ``scale_name`` for the prose and prints one line naming the preset,
     device and precision."""
     setup_cpu(threads)
     set_style()
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)  # a prediction's quantity is read in full
     S = scale(preset)
     dev = device()
     glue("scale_name", S.name)
