@@ -316,8 +316,14 @@ def plot_stream_growth(
     axes[1].set_yscale("log")
     axes[1].set_xlabel("learning rate")
     axes[1].set_ylabel(r"RMS of $x_L$ at the end")
-    handles = axes[0].get_legend_handles_labels()
-    fig.legend(*handles, ncol=6, fontsize=9, loc="lower center", frameon=False)
+    return _legend_below(fig, axes[0])
+
+
+def _legend_below(fig: Figure, ax: Axes) -> Figure:
+    """One legend for the whole figure, below its panels, from ``ax``'s entries."""
+    fig.legend(
+        *ax.get_legend_handles_labels(), ncol=6, fontsize=9, loc="lower center", frameon=False
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
@@ -345,10 +351,7 @@ def plot_stream_by_layer(
         ax.set_xlabel("layer")
         ax.set_title(f"learning rate {lr:g}", fontsize=11)
     axes[0].set_ylabel(r"RMS of $x_l$")
-    handles = axes[0].get_legend_handles_labels()
-    fig.legend(*handles, ncol=6, fontsize=9, loc="lower center", frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return fig
+    return _legend_below(fig, axes[0])
 
 
 def plot_layer_removal(
