@@ -61,7 +61,6 @@ from .depth import (
     train_and_probe,
 )
 from .designs import (
-    compare_or,
     deep_shares,
     joined,
     lr_table,
@@ -298,7 +297,6 @@ __all__ = [
     "step_jacobian_check",
     "step_variance",
     "train_and_probe",
-    "compare_or",
     "deep_shares",
     "joined",
     "lr_table",

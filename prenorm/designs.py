@@ -14,7 +14,7 @@ turn such a sweep's rows into the numbers the chapter compares:
 - :func:`stream_rms`: the residual stream's RMS at one probe step, learning rate by design;
 
 and three small helpers for the prose: :func:`joined` (numbers as one string),
-:func:`compare_or` (:func:`~prenorm.compare` that tolerates a missing value) and
+:func:`~prenorm.compare` with its ``missing`` word for a design with no value, and
 :func:`~prenorm.glue_all` (glue one value per design). :func:`plot_by_design`,
 :func:`plot_stream_growth`, :func:`plot_stream_by_layer`, :func:`plot_layer_removal` and
 :func:`plot_strip` draw the chapter's figures (matplotlib is imported on first use).
@@ -30,14 +30,12 @@ import numpy as np
 import pandas as pd
 
 from .training import lr_summary
-from .verdicts import compare
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
-    "compare_or",
     "deep_shares",
     "joined",
     "lr_table",
@@ -205,21 +203,6 @@ def stream_rms(
     res = probes[(probes["probe"] == "residual_norms") & (probes["step"] == step)]
     at = res["n_layers"] if layer is None else layer
     return res[res["layer"] == at].pivot(index="lr", columns=by, values="rms")
-
-
-def compare_or(
-    value: float,
-    reference: float,
-    rel_tol: float,
-    words: tuple[str, str, str] = ("smaller than", "about the same as", "larger than"),
-    ratio: bool = False,
-    missing: str = "not comparable with",
-) -> str:
-    """:func:`~prenorm.compare`, or the word ``missing`` when either value is NaN (a
-    design that never trained has no number to compare)."""
-    if not (np.isfinite(float(value)) and np.isfinite(float(reference))):
-        return missing
-    return compare(value, reference, rel_tol, words, ratio=ratio)
 
 
 def plot_by_design(

@@ -217,16 +217,21 @@ def direction(
     rel_tol: float,
     words: tuple[str, str, str] = ("falls", "stays flat", "grows"),
     ratio: bool = False,
+    missing: str | None = None,
 ) -> str:
     """The word for a change from ``start`` to ``end``: ``words[2]`` ("grows") when
     ``end > start (1 + rel_tol)``, ``words[0]`` ("falls") when
     ``end < start (1 - rel_tol)``, else ``words[1]`` ("stays flat"). With
     ``ratio=True`` the tolerance is a factor both ways: "grows" when
     ``end > start (1 + rel_tol)`` and "falls" when ``end < start / (1 + rel_tol)`` (for
-    positive quantities that span decades). ``rel_tol`` is stated before the experiment."""
+    positive quantities that span decades). ``rel_tol`` is stated before the experiment.
+    A NaN on either side raises, unless ``missing`` gives the word to return then (a
+    design that never trained has no number to compare)."""
     if not rel_tol >= 0:
         raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
     start, end = float(start), float(end)
+    if missing is not None and not (math.isfinite(start) and math.isfinite(end)):
+        return missing
     if math.isnan(start) or math.isnan(end):
         raise ValueError(f"cannot name the direction of a change with NaN ({start} -> {end})")
     if ratio:
@@ -249,7 +254,9 @@ def compare(
     rel_tol: float,
     words: tuple[str, str, str] = ("smaller than", "about the same as", "larger than"),
     ratio: bool = False,
+    missing: str | None = None,
 ) -> str:
     """The word for ``value`` against ``reference``: "larger than", "smaller than" or
-    "about the same as", with the same tolerance rule as :func:`direction`."""
-    return direction(reference, value, rel_tol, words, ratio)
+    "about the same as", with the same tolerance rule as :func:`direction` (and its
+    ``missing`` word for a value that is not a finite number)."""
+    return direction(reference, value, rel_tol, words, ratio, missing)

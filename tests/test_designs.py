@@ -192,19 +192,22 @@ def test_stream_rms_takes_the_stream_entering_the_head_at_one_step():
     assert stream_rms(pd.DataFrame(rows), 0, layer=0).loc[1e-2, "pre"] == pytest.approx(1)
 
 
-def test_joined_compare_or_and_glue_each(monkeypatch):
-    # Fails if the numbers are formatted or joined differently, if compare_or does not
-    # fall back on NaN (compare itself raises) or changes compare's word otherwise, or if
+def test_joined_compare_missing_and_glue_each(monkeypatch):
+    # Fails if the numbers are formatted or joined differently, if compare's missing word
+    # does not replace a NaN (without it compare raises) or changes the word otherwise, or if
     # glue_each names a value other than {prefix}_{key}.
     import prenorm.plotting
-    from prenorm import compare, compare_or, glue_all, joined
+    from prenorm import compare, glue_all, joined
 
     assert joined([0.1, -0.02, float("nan")], "+.2f") == "+0.10, -0.02, +nan"
     assert joined(pd.Series([1.23456])) == "1.235"
-    assert compare_or(float("nan"), 1.0, 0.1) == "not comparable with"
-    assert compare_or(1.0, float("nan"), 0.1, missing="n/a") == "n/a"
-    assert compare_or(3.0, 1.0, 1.0, ratio=True) == compare(3.0, 1.0, 1.0, ratio=True)
-    assert compare_or(1.05, 1.0, 0.1) == "about the same as"
+    na = "not comparable with"
+    assert compare(float("nan"), 1.0, 0.1, missing=na) == na
+    assert compare(1.0, float("nan"), 0.1, missing="n/a") == "n/a"
+    assert compare(3.0, 1.0, 1.0, ratio=True, missing=na) == compare(3.0, 1.0, 1.0, ratio=True)
+    assert compare(1.05, 1.0, 0.1, missing=na) == "about the same as"
+    with pytest.raises(ValueError, match="NaN"):
+        compare(float("nan"), 1.0, 0.1)
     glued = {}
     monkeypatch.setattr(prenorm.plotting, "glue", lambda k, v: glued.setdefault(k, v))
     glue_all(S=pd.Series({"pre": 0.5, "peri": 0.25}), n={"pre": 3})
