@@ -23,6 +23,12 @@ values glued into the prose and the claims ledger's row::
     c14.results_table()                # what the reader sees after it
     c14.record("3x lr miss costs ...", scale=ch.scale.name)
 
+A prediction stated or revised after some seeds' results were seen names those seeds as
+``development_seeds``; :meth:`ClaimTest.confirmation` keeps only the other seeds' rows of
+a sweep, so that the verdict rests on data the prediction did not see. Where a preset has
+too few fresh seeds (the ``ci`` smoke test), it falls back to every seed and says so in
+the glue and the ledger row.
+
 A measurement may be an :class:`~prenorm.Estimate` (a value with a confidence
 interval); a prediction whose threshold lies inside that interval is *undecided*,
 which makes the verdict *inconclusive* when the prediction is a core one.
@@ -57,7 +63,9 @@ class ClaimTest:
     ``predictions`` maps short ids to the :class:`~prenorm.Prediction` objects stated
     before the experiment; ``undecidable`` maps short ids to conditions, in words, under
     which the experiment cannot decide the claim (each is later measured as ``True`` or
-    ``False``). :meth:`measure` takes a value for every id; the verdict follows the rule of
+    ``False``). ``development_seeds`` are the seeds whose results were seen when a
+    prediction was stated or revised; :meth:`confirmation` selects the others.
+    :meth:`measure` takes a value for every id; the verdict follows the rule of
     :mod:`prenorm.verdicts`: a condition that came true, or an undecided core prediction
     with none failing, gives ``"inconclusive"``.
     """
@@ -66,7 +74,10 @@ class ClaimTest:
     section: str
     predictions: Mapping[str, Prediction]
     undecidable: Mapping[str, str] = field(default_factory=dict)
+    development_seeds: tuple[int, ...] = ()
     measured: dict[str, float | Estimate | bool] = field(default_factory=dict, init=False)
+    judged_seeds: tuple[int, ...] | None = field(default=None, init=False)
+    judged_on_development: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         ledger.CLAIMS.check(self.claim)
@@ -84,6 +95,47 @@ class ClaimTest:
                 raise ValueError(f"{key!r} names both a prediction and a condition of {self.claim}")
             if not (isinstance(text, str) and text.strip()):
                 raise ValueError(f"condition {key!r} of {self.claim} needs a statement in words")
+        seeds = tuple(self.development_seeds)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise TypeError(
+                f"claim {self.claim}: development_seeds must be integers, got {seeds!r}"
+            )
+        self.development_seeds = seeds
+
+    def confirmation(
+        self, frame: pd.DataFrame, seed: str = "seed", min_seeds: int = 2
+    ) -> pd.DataFrame:
+        """The rows of ``frame`` whose ``seed`` column is not a development seed: the
+        confirmation data the verdict rests on. With fewer than ``min_seeds`` such seeds
+        (a small preset) it returns every row, and :attr:`judged_on_development` becomes
+        ``True`` so that the glue and the ledger row say the verdict saw its own
+        development data. Records the judged seeds in :attr:`judged_seeds`."""
+        if seed not in frame.columns:
+            raise KeyError(
+                f"claim {self.claim}: no column {seed!r} to split seeds by; "
+                f"columns: {list(frame.columns)}"
+            )
+        if not (isinstance(min_seeds, int) and min_seeds >= 1):
+            raise ValueError(f"min_seeds must be a positive integer, got {min_seeds!r}")
+        fresh = frame[~frame[seed].isin(self.development_seeds)]
+        self.judged_on_development = bool(
+            self.development_seeds and fresh[seed].nunique() < min_seeds
+        )
+        judged = frame if self.judged_on_development else fresh
+        self.judged_seeds = tuple(sorted(int(s) for s in judged[seed].unique()))
+        return judged
+
+    def seeds_note(self) -> str:
+        """In words, which seeds the verdict rests on ("" when no seeds were split)."""
+        if self.judged_seeds is None:
+            return ""
+        seeds = ", ".join(str(s) for s in self.judged_seeds)
+        if self.judged_on_development:
+            return f"judged on seeds {seeds}, development seeds included (too few fresh seeds)"
+        if not self.development_seeds:
+            return f"judged on seeds {seeds}"
+        dev = ", ".join(str(s) for s in self.development_seeds)
+        return f"judged on fresh seeds {seeds} (development seeds {dev} not used)"
 
     @property
     def prefix(self) -> str:
@@ -226,7 +278,8 @@ class ClaimTest:
         """Glue, under this claim's :attr:`prefix`: ``{prefix}_verdict``; the failed, held
         and undecided predictions in words (``{prefix}_failed``, ``{prefix}_held``,
         ``{prefix}_undecided``); and each prediction's measured value as
-        ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``).
+        ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``); after
+        :meth:`confirmation`, ``{prefix}_seeds_note``.
         Returns the verdict."""
         from .plotting import glue as _glue  # plotting is imported on first use
 
@@ -241,9 +294,14 @@ class ClaimTest:
             if isinstance(m, Estimate):
                 _glue(f"{p}_{k}_lo", m.lo)
                 _glue(f"{p}_{k}_hi", m.hi)
+        if self.judged_seeds is not None:
+            _glue(f"{p}_seeds_note", self.seeds_note())
         return v
 
     def record(self, key: str, scale: str) -> dict[str, str]:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
-        verdict, the ``key`` number as text and this test's section. Returns the row."""
-        return ledger.record(self.claim, self.verdict, key, section=self.section, scale=scale)
+        verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
+        split) and this test's section. Returns the row."""
+        note = self.seeds_note()
+        text = f"{key}; {note}" if note else key
+        return ledger.record(self.claim, self.verdict, text, section=self.section, scale=scale)

@@ -49,6 +49,24 @@ def init_gpt2(model: TransformerLM) -> None:
         _zero_bias(m)
 
 
+#: The width at which GPT-2 small used :math:`N(0, 0.02^2)` (Radford et al. 2019).
+GPT2_WIDTH = 768
+
+
+def init_gpt2_scaled(model: TransformerLM) -> None:
+    r"""GPT-2's init carried to width :math:`d` at the same gain: every std of
+    :func:`init_gpt2` multiplied by :math:`\sqrt{768/d}`, so that
+    :math:`\mathrm{std}\cdot\sqrt d = 0.02\sqrt{768} \approx 0.55` as in GPT-2 small
+    (width 768). Weights :math:`N(0, s^2)` with :math:`s = 0.02\sqrt{768/d}`; the
+    residual output projections (attention ``proj``, MLP ``fc2``)
+    :math:`N(0, (s/\sqrt{2L})^2)`; biases 0. At :math:`d = 768` it is ``"gpt2"``."""
+    s = 0.02 * math.sqrt(GPT2_WIDTH / model.d_model)
+    for name, m in _linears_and_embeddings(model):
+        std = s / math.sqrt(2 * model.n_layers) if name.endswith(("proj", "fc2")) else s
+        nn.init.normal_(m.weight, 0.0, std)
+        _zero_bias(m)
+
+
 def init_xavier(model: TransformerLM) -> None:
     """Xavier-uniform weights and embeddings, biases 0 (the original Transformer)."""
     for _, m in _linears_and_embeddings(model):
@@ -105,6 +123,7 @@ INITS: Registry[Callable[[TransformerLM], None]] = Registry(
     {
         "pytorch": init_pytorch,
         "gpt2": init_gpt2,
+        "gpt2_scaled": init_gpt2_scaled,
         "xavier": init_xavier,
         "xiong": init_xiong,
         "deepnorm": init_deepnorm,
@@ -120,7 +139,10 @@ class TransformerLM(nn.Module):
     - ``"pytorch"``: the framework defaults (``nn.Linear``'s Kaiming-uniform,
       ``nn.Embedding``'s :math:`N(0,1)`);
     - ``"gpt2"``: weights :math:`N(0, 0.02^2)`, the residual output projections
-      (attention ``proj``, MLP ``fc2``) :math:`N(0, (0.02/\sqrt{2L})^2)`, biases 0;
+      (attention ``proj``, MLP ``fc2``) :math:`N(0, (0.02/\sqrt{2L})^2)`, biases 0: GPT-2's
+      stds at every width, so at small :math:`d` a much smaller gain than GPT-2 had;
+    - ``"gpt2_scaled"``: the same with every std times :math:`\sqrt{768/d}`, GPT-2 small's
+      gain (:math:`\mathrm{std}\cdot\sqrt d \approx 0.55`) at any width;
     - ``"xavier"``: Xavier-uniform weights and embeddings, biases 0;
     - ``"xiong"``: the init of Xiong et al. 2020's theory setting (Gaussian Xavier,
       biases 0, :math:`W^Q = W^K = 0`); use it with :data:`THEORY_SETTING`'s shapes;

@@ -128,3 +128,47 @@ def test_glue_names(monkeypatch):
     assert glued["c13_ci_end"] == 0.01 and glued["c13_ci_end_hi"] == 0.015
     assert glued["c13_failed"] == "mean / seed SD < 1"
     assert glued["c13_held"] == "largest |end| of the interval < 0.02"
+
+
+def _with_dev(seeds):
+    return P.ClaimTest(
+        "C13",
+        section="sec",
+        predictions={"d": P.Prediction("difference", "<", 0.02)},
+        development_seeds=seeds,
+    )
+
+
+def test_confirmation_keeps_only_fresh_seeds_and_says_so(tmp_path, monkeypatch):
+    # Fails if a development seed's rows reach the verdict, or if the ledger row and the
+    # glue do not name the seeds the verdict rests on.
+    import pandas as pd
+
+    frame = pd.DataFrame({"seed": [0, 0, 1, 2, 3, 4], "loss": [9.0, 9.0, 9.0, 1.0, 1.0, 1.0]})
+    c = _with_dev((0, 1))
+    judged = c.confirmation(frame)
+    assert sorted(judged.seed.unique()) == [2, 3, 4] and not c.judged_on_development
+    assert c.seeds_note() == "judged on fresh seeds 2, 3, 4 (development seeds 0, 1 not used)"
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    row = c.measure(d=judged.loss.mean() - 1).record("gap", scale="ci")
+    assert row["verdict"] == "confirmed" and "fresh seeds 2, 3, 4" in row["key"]
+    glued = {}
+    monkeypatch.setattr(P.plotting, "glue", lambda name, value: glued.setdefault(name, value))
+    c.glue()
+    assert glued["c13_seeds_note"] == c.seeds_note()
+
+
+def test_confirmation_falls_back_and_flags_it_when_too_few_fresh_seeds():
+    import pandas as pd
+
+    frame = pd.DataFrame({"seed": [0, 1, 2], "loss": [1.0, 2.0, 3.0]})
+    c = _with_dev((0, 1))
+    assert len(c.confirmation(frame)) == 3 and c.judged_on_development
+    assert "development seeds included" in c.seeds_note()
+    assert len(_with_dev(()).confirmation(frame)) == 3  # nothing was seen: every seed
+    with pytest.raises(KeyError, match="no column 'run_seed'"):
+        c.confirmation(frame, seed="run_seed")
+    with pytest.raises(ValueError, match="min_seeds"):
+        c.confirmation(frame, min_seeds=0)
+    with pytest.raises(TypeError, match="development_seeds must be integers"):
+        _with_dev(("0",))

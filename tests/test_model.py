@@ -59,6 +59,32 @@ def test_gpt2_init_statistics():
     assert all(b.attn.qkv.bias.abs().max() == 0 for b in m.blocks)
 
 
+@pytest.mark.parametrize("width", [64, 256])
+def test_gpt2_scaled_init_keeps_gpt2_smalls_gain_at_every_width(width):
+    # Fails if the std is not 0.02*sqrt(768/d) (std*sqrt(d) = 0.02*sqrt(768) at any
+    # width), if the residual projections lose their 1/sqrt(2L), or if biases are not 0.
+    torch.manual_seed(0)
+    m = TransformerLM(V, width, 6, 4, T, init="gpt2_scaled")
+    fc1 = torch.cat([b.mlp.fc1.weight.flatten() for b in m.blocks])
+    proj = torch.cat([b.attn.proj.weight.flatten() for b in m.blocks])
+    gain = 0.02 * math.sqrt(768)
+    assert fc1.std().item() * math.sqrt(width) == pytest.approx(gain, rel=0.02)
+    assert proj.std().item() * math.sqrt(width) == pytest.approx(gain / math.sqrt(12), rel=0.05)
+    assert m.tok_emb.weight.std().item() * math.sqrt(width) == pytest.approx(gain, rel=0.05)
+    assert all(b.mlp.fc1.bias.abs().max() == 0 for b in m.blocks)
+
+
+def test_gpt2_scaled_is_gpt2_at_gpt2_width():
+    # At d = 768 the two schemes are the same function of the RNG state.
+    kw = dict(vocab_size=V, d_model=768, n_layers=2, n_heads=4, seq_len=T)
+    torch.manual_seed(3)
+    a = TransformerLM(**kw, init="gpt2")
+    torch.manual_seed(3)
+    b = TransformerLM(**kw, init="gpt2_scaled")
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
 def test_xiong_init_has_uniform_attention():
     m = _model(init="xiong")
     for b in m.blocks:
