@@ -1,9 +1,9 @@
 r"""The first look at placements and at the norm's Jacobian (chapters 1 and 2).
 
 Placements side by side (:func:`placement_table`, :func:`train_placements`); the
-residual stream's growth, against Xiong et al.'s Lemma 1 band for Pre-LN at
+residual stream's growth, against Xiong et al.'s Lemma 2 band for Pre-LN at
 initialization, :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`
-(:func:`lemma1_band`), and from the first state to the last (:func:`stream_growth`); a
+(:func:`lemma2_band`), and from the first state to the last (:func:`stream_growth`); a
 closed-form Jacobian against autograd (:func:`autograd_error`) and the singular values of
 the LayerNorm and RMSNorm Jacobians against their closed forms
 (:func:`jacobian_spectrum`); and the scale :math:`\sigma` a stack's norms divide by
@@ -23,10 +23,11 @@ from torch import Tensor
 
 from .blocks import PLACEMENTS, SLOTS
 from .data import Corpus
-from .model import build_model
+from .model import TransformerLM, build_model
 from .norms import layernorm_jacobian, rmsnorm_jacobian
-from .probes import Batch, hidden_grad_norms
+from .probes import Batch, _forward_with_hooks, _position, _stream_input, hidden_grad_norms
 from .training import TrainResult, outcome, train
+from .verdicts import Estimate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,11 +37,13 @@ __all__ = [
     "PlacementDemo",
     "autograd_error",
     "jacobian_spectrum",
-    "lemma1_band",
+    "lemma2_band",
     "mark_entropy",
+    "norm_jacobian_scale",
     "placement_table",
     "plot_jacobian_spectra",
-    "plot_lemma1_band",
+    "plot_lemma2_band",
+    "sigma_deviation",
     "sigma_summary",
     "spectrum_explorer",
     "stream_growth",
@@ -119,8 +122,8 @@ def train_placements(
     )
 
 
-def lemma1_band(states: pd.DataFrame, value: str = "ms") -> pd.DataFrame:
-    r"""Pre-LN's mean square per layer against Xiong et al.'s Lemma 1,
+def lemma2_band(states: pd.DataFrame, value: str = "ms") -> pd.DataFrame:
+    r"""Pre-LN's mean square per layer against Xiong et al.'s Lemma 2,
     :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`. ``states`` holds rows of
     :func:`~prenorm.residual_norms` (several seeds) with ``layer`` and ``value``. One row
     per layer :math:`l`: ``mean`` and ``sem`` (standard error over the rows) of ``value``,
@@ -215,6 +218,92 @@ def sigma_summary(scales: pd.DataFrame, by: str = "init") -> pd.DataFrame:
     return summary
 
 
+def norm_jacobian_scale(model: TransformerLM, batch: Batch, tokens: int = 8) -> pd.DataFrame:
+    r"""The scale :math:`\sigma` every norm of ``model``'s blocks divides by, and its
+    Jacobian's spectral norm measured against :math:`\max_i|\gamma_i|/\sigma`.
+
+    The inputs :math:`s` each norm sees on ``batch`` are recorded in one forward pass.
+    Over all tokens: ``scale_mean`` (the mean of :math:`\sigma(s)`, as
+    :func:`~prenorm.norm_input_scales`) and ``inv_scale_mean`` (of :math:`1/\sigma`). At
+    the first ``tokens`` tokens: the Jacobian of the norm module by reverse-mode
+    autograd, its largest singular value :math:`\|J(s)\|_2`, and
+    ``ratio_min`` and ``ratio_max``, the extremes over those tokens of
+    :math:`\|J(s)\|_2\,\sigma(s)/\max_i|\gamma_i|`. Chapter 2's closed form makes the
+    ratio exactly 1 for :math:`\gamma = 1` (:math:`\epsilon` aside) and at most 1 for any
+    :math:`\gamma`. One row per (layer, norm): ``layer`` (the block's index from 0),
+    ``sublayer``, ``position`` (the residual step, two per block, from 0), ``slot``, the
+    columns above, plus the model's :meth:`~prenorm.TransformerLM.describe` columns."""
+    if not (isinstance(tokens, int) and tokens >= 1):
+        raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
+    x0, _ = _stream_input(model, batch)
+    seen: list[tuple[int, str, str, torch.nn.Module, Tensor]] = []
+    handles = []
+    for l, blk in enumerate(model.blocks):
+        for which, slot, norm in blk.norms():
+            if not (hasattr(norm, "scale") and hasattr(norm, "weight")):
+                raise TypeError(f"norm {type(norm).__name__} has no scale or weight to compare")
+
+            def hook(
+                mod: torch.nn.Module,
+                args: tuple[Tensor, ...],
+                l: int = l,
+                which: str = which,
+                slot: str = slot,
+            ) -> None:
+                seen.append((l, which, slot, mod, args[0].detach().reshape(-1, args[0].shape[-1])))
+
+            handles.append(norm.register_forward_pre_hook(hook))
+    _forward_with_hooks(model, x0, handles)
+    rows = []
+    for l, which, slot, mod, s in seen:
+        sigma = mod.scale(s)
+        sample = s[:tokens]
+        d = sample.shape[-1]
+        # reverse-mode autograd, one pass for all rows: copy k of the tokens carries the
+        # gradient of output k, so its gradient is row k of each token's Jacobian
+        copies = sample.unsqueeze(0).repeat(d, 1, 1).requires_grad_(True)
+        with torch.enable_grad():
+            out = mod(copies)
+            k = torch.arange(d, device=out.device)
+            (rows_,) = torch.autograd.grad(out[k, :, k].sum(), copies)
+        jac = rows_.permute(1, 0, 2)  # (token, output, input)
+        spec = torch.linalg.matrix_norm(jac, ord=2)
+        ratio = spec * mod.scale(sample) / mod.weight.detach().abs().max()
+        rows.append(
+            {
+                "layer": l,
+                "sublayer": which,
+                "position": _position(l, which),
+                "slot": slot,
+                "scale_mean": sigma.mean().item(),
+                "inv_scale_mean": (1 / sigma).mean().item(),
+                "ratio_min": ratio.min().item(),
+                "ratio_max": ratio.max().item(),
+            }
+        )
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def sigma_deviation(
+    scales: pd.DataFrame, by: str = "init", seed: str = "seed", level: float = 0.95
+) -> dict[str, Estimate]:
+    r"""How far the scale :math:`\sigma` of a stack's norms is from 1, per level of ``by``:
+    for each seed, :math:`|\bar\sigma - 1|` with :math:`\bar\sigma` the mean of
+    ``scale_mean`` over that model's norms; then the mean over seeds with its Student-t
+    interval at ``level`` (:func:`~prenorm.t_interval`). Returns one
+    :class:`~prenorm.Estimate` per level."""
+    from .stats import t_interval
+
+    for col in (by, seed, "scale_mean"):
+        if col not in scales.columns:
+            raise KeyError(f"no column {col!r}; columns: {list(scales.columns)}")
+    per_seed = (scales.groupby([by, seed]).scale_mean.mean() - 1).abs()
+    return {
+        str(level_): t_interval(group.to_numpy(), level=level)
+        for level_, group in per_seed.groupby(level=by)
+    }
+
+
 # ---- figures --------------------------------------------------------------------------
 def mark_entropy(ax: Axes, entropy: float, headroom: float | None = 1.2) -> Axes:
     """Draw the unigram entropy :math:`H` as a labelled dashed line on a loss plot, and
@@ -235,10 +324,10 @@ def mark_entropy(ax: Axes, entropy: float, headroom: float | None = 1.2) -> Axes
     return ax
 
 
-def plot_lemma1_band(
+def plot_lemma2_band(
     band: pd.DataFrame, post: pd.Series | None = None, ax: Axes | None = None
 ) -> Axes:
-    r"""Lemma 1's band for Pre-LN (grey), the Pre-LN means of :func:`lemma1_band` with
+    r"""Lemma 2's band for Pre-LN (grey), the Pre-LN means of :func:`lemma2_band` with
     error bars of three standard errors, and optionally Post-LN's per-layer mean square
     ``post`` (indexed by layer), against the layer index."""
     import matplotlib.pyplot as plt
@@ -247,7 +336,7 @@ def plot_lemma1_band(
 
     ax = ax or plt.gca()
     l = band.index.to_numpy()
-    ax.fill_between(l, band["lo"], band["hi"], color="0.88", zorder=0, label="Lemma 1 (Pre-LN)")
+    ax.fill_between(l, band["lo"], band["hi"], color="0.88", zorder=0, label="Lemma 2 (Pre-LN)")
     ax.errorbar(
         l,
         band["mean"],
