@@ -43,6 +43,7 @@ __all__ = [
     "placement_table",
     "plot_jacobian_spectra",
     "plot_lemma2_band",
+    "plot_stream_rms",
     "sigma_deviation",
     "sigma_summary",
     "spectrum_explorer",
@@ -355,29 +356,129 @@ def plot_lemma2_band(
     return ax
 
 
-def plot_jacobian_spectra(spectra: pd.DataFrame, offset: float = 0.03) -> Figure:
-    """Two panels, LayerNorm and RMSNorm: the singular values of :func:`jacobian_spectrum`
-    times the token's scale, one line per token (shifted up by ``offset`` each, so that
-    lines that coincide stay visible), against their index."""
+def plot_stream_rms(norms: pd.DataFrame, n_layers: int) -> Figure:
+    r"""The residual stream at initialization for the stacks of depth ``n_layers`` among
+    :func:`~prenorm.residual_norms` rows (several inits and seeds, both placements), in
+    two panels on log axes: the Pre-LN stream's RMS :math:`\|x_l\|/\sqrt d` against the
+    block index :math:`l`, and its growth from the embedding, RMS of :math:`x_l` over RMS
+    of :math:`x_0`; one line per init (mean over seeds, colour and line style and marker
+    all differ), Post-LN as one grey reference line (its states after block 1 are exactly
+    1 under every init). The legend sits below the panels."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .plotting import TEXT_WIDTH, _log_axis, palette
+
+    deep = norms[norms.n_layers == n_layers]
+    pre = deep[deep.placement == "pre"].copy()
+    first = pre[pre.layer == 0].set_index(["init", "seed"]).rms
+    pre["growth"] = (
+        pre.rms.to_numpy() / first.loc[list(zip(pre.init, pre.seed, strict=True))].to_numpy()
+    )
+    inits = list(dict.fromkeys(pre.init))
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.6), sharex=True)
+    for ax, col, label in (
+        (axes[0], "rms", r"Pre-LN RMS $\|x_l\|/\sqrt{d}$"),
+        (axes[1], "growth", r"Pre-LN RMS of $x_l$ / RMS of $x_0$"),
+    ):
+        sns.lineplot(
+            data=pre,
+            x="layer",
+            y=col,
+            hue="init",
+            style="init",
+            hue_order=inits,
+            style_order=inits,
+            palette=palette("init", inits),
+            markers=True,
+            dashes=True,
+            markersize=5,
+            markevery=max(1, n_layers // 8),
+            errorbar=None,
+            ax=ax,
+        )
+        ax.set_ylabel(label)
+        ax.set_xlabel("block index $l$")
+    axes[0].axhline(1.0, color="0.45", ls=":", lw=1.6, label="Post-LN, every init")
+    for ax in axes:
+        _log_axis(ax)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, labels, ncol=len(labels), loc="lower center", frameon=False, fontsize=9.5)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_jacobian_spectra(spectra: pd.DataFrame, floor: float = 1e-12) -> Figure:
+    r"""Every singular value of :func:`jacobian_spectrum`'s rows on a log axis, one row of
+    the figure per (norm, :math:`\epsilon`, token scale): the numerical SVD of the
+    closed-form matrix as dots, the predicted values as open circles, so that the shelf of :math:`d - 2` (or :math:`d - 1`)
+    equal values is one point, labelled with its count, and the one or two small values
+    stand apart. Values below
+    ``floor`` (the exact zeros, and their float round-off) are drawn at ``floor`` as
+    left-pointing triangles and read "0". The legend sits below the panel."""
     import matplotlib.pyplot as plt
 
-    from .plotting import TEXT_WIDTH, palette
+    from .plotting import NORM_COLORS, TEXT_WIDTH
 
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.4), sharey=True)
-    for ax, (norm, title) in zip(
-        axes, [("layernorm", "LayerNorm"), ("rmsnorm", "RMSNorm")], strict=True
-    ):
-        sub = spectra[spectra.norm == norm]
-        labels = sub.scale.map(lambda s: f"{s:.2f}")
-        colours = palette("token scale", list(dict.fromkeys(labels)))
-        for k, (label, grp) in enumerate(sub.groupby(labels, sort=False)):
-            y = grp["singular_value"] * grp["scale"] + offset * k
-            ax.plot(grp["index"], y, "o-", ms=2.5, lw=1, color=colours[k], label=label)
-        ax.set_title(title)
-        ax.set_xlabel("index (sorted)")
-    axes[0].set_ylabel("singular value × scale")
-    axes[1].legend(title="token scale")
-    fig.tight_layout()
+    names = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+    groups = list(spectra.groupby(["norm", "eps", "scale"], sort=False))
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, 0.42 * len(groups) + 1.4))
+    labels = []
+    for row, ((norm, eps, scale), grp) in enumerate(groups):
+        colour = NORM_COLORS.get(norm, "0.3")
+        for col, style in (("predicted", "closed"), ("singular_value", "measured")):
+            v = grp[col].to_numpy()
+            low = v < floor
+            kw = (
+                {"s": 90, "facecolors": "none", "edgecolors": colour, "linewidths": 1.4}
+                if style == "closed"
+                else {"s": 16, "color": colour, "zorder": 3}
+            )
+            ax.scatter(v[~low], np.full((~low).sum(), row), marker="o", **kw)
+            ax.scatter(np.full(low.sum(), floor), np.full(low.sum(), row), marker="<", **kw)
+        top = grp["singular_value"].max()
+        shelf = int((grp["singular_value"] > top * (1 - 1e-9)).sum())
+        ax.annotate(
+            f"×{shelf}",
+            (top, row),
+            xytext=(9, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=9,
+            color=colour,
+        )
+        zeros = int((grp["singular_value"] < floor).sum())
+        if zeros > 1:
+            ax.annotate(
+                f"×{zeros}",
+                (floor, row),
+                xytext=(9, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=9,
+                color=colour,
+            )
+        sym = r"\sigma" if norm == "layernorm" else "r"
+        labels.append(f"{names.get(norm, norm)}, $\\epsilon$={eps:g}, ${sym}$={scale:.2f}")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(groups)), labels)
+    ax.invert_yaxis()
+    ticks = [t for t in ax.get_xticks() if floor < t <= 10 * spectra.singular_value.max()]
+    ax.set_xticks([floor, *ticks], ["0", *[f"$10^{{{int(round(np.log10(t)))}}}$" for t in ticks]])
+    ax.set_xlim(floor / 5, 30 * spectra.singular_value.max())
+    ax.set_xlabel("singular value (log scale; zeros at the left edge)")
+    ax.grid(axis="y", visible=False)
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", ms=4, color="0.3", label="SVD of the matrix"),
+        plt.Line2D(
+            [], [], ls="", marker="o", ms=9, mfc="none", mec="0.3", label="predicted spectrum"
+        ),
+        plt.Line2D([], [], ls="", marker="<", ms=6, color="0.3", label="zero (below the axis)"),
+    ]
+    fig.legend(handles=handles, ncol=3, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
