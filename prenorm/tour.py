@@ -330,7 +330,7 @@ def plot_lemma2_band(
 ) -> Axes:
     r"""Lemma 2's band for Pre-LN (grey), the Pre-LN means of :func:`lemma2_band` with
     error bars of three standard errors, and optionally Post-LN's per-layer mean square
-    ``post`` (indexed by layer), against the layer index."""
+    ``post`` (indexed by layer), against the block index."""
     import matplotlib.pyplot as plt
 
     from .plotting import PLACEMENT_COLORS
@@ -349,8 +349,8 @@ def plot_lemma2_band(
         label="Pre-LN",
     )
     if post is not None:
-        ax.plot(post.index, post.values, "o", ms=3, color=PLACEMENT_COLORS["post"], label="Post-LN")
-    ax.set_xlabel("layer index $l$")
+        ax.plot(post.index, post.values, "s", ms=3, color=PLACEMENT_COLORS["post"], label="Post-LN")
+    ax.set_xlabel("block index $l$")
     ax.set_ylabel(r"$\|x_l\|^2 / d$")
     ax.legend()
     return ax
