@@ -209,3 +209,36 @@ def test_sigma_deviation_by_hand():
     assert float(dev["b"]) == pytest.approx(0.0)
     with pytest.raises(KeyError, match="scale_mean"):
         P.sigma_deviation(pd.DataFrame(rows).drop(columns="scale_mean"))
+
+
+def test_plot_jacobian_spectra_puts_zeros_at_the_floor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = torch.randn(8, dtype=torch.float64)
+    spectra = pd.concat(
+        [P.jacobian_spectrum(x, "layernorm", 0.0), P.jacobian_spectrum(x, "rmsnorm", 0.0)]
+    )
+    fig = P.plot_jacobian_spectra(spectra, floor=1e-12)
+    ax = fig.axes[0]
+    assert len(ax.get_yticks()) == 2  # one row per (norm, eps, token scale)
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())])
+    # LayerNorm with eps = 0 has two exact zeros: drawn at the floor, not at ~1e-17
+    assert (xs == 1e-12).sum() >= 2 and xs.min() == 1e-12
+    assert xs.max() == pytest.approx(spectra.predicted.max())  # the shelf, 1/sigma or 1/r
+
+
+def test_plot_stream_rms_growth_is_relative_to_the_embedding():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [
+        {"placement": p, "init": "gpt2", "seed": s, "n_layers": 2, "layer": l, "rms": v}
+        for p in ("pre", "post")
+        for s in (0, 1)
+        for l, v in enumerate([0.5, 1.0, 2.0] if p == "pre" else [0.5, 1.0, 1.0])
+    ]
+    fig = P.plot_stream_rms(pd.DataFrame(rows), n_layers=2)
+    growth = fig.axes[1].get_lines()[0].get_ydata()
+    assert np.allclose(growth, [1.0, 2.0, 4.0])  # RMS over the embedding's 0.5
+    assert np.allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.5, 1.0, 2.0])
