@@ -1,9 +1,9 @@
 r"""The first look at placements and at the norm's Jacobian (chapters 1 and 2).
 
 Placements side by side (:func:`placement_table`, :func:`train_placements`); the
-residual stream's growth, against Xiong et al.'s Lemma 1 band for Pre-LN at
+residual stream's growth, against Xiong et al.'s Lemma 2 band for Pre-LN at
 initialization, :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`
-(:func:`lemma1_band`), and from the first state to the last (:func:`stream_growth`); a
+(:func:`lemma2_band`), and from the first state to the last (:func:`stream_growth`); a
 closed-form Jacobian against autograd (:func:`autograd_error`) and the singular values of
 the LayerNorm and RMSNorm Jacobians against their closed forms
 (:func:`jacobian_spectrum`); and the scale :math:`\sigma` a stack's norms divide by
@@ -23,10 +23,11 @@ from torch import Tensor
 
 from .blocks import PLACEMENTS, SLOTS
 from .data import Corpus
-from .model import build_model
+from .model import TransformerLM, build_model
 from .norms import layernorm_jacobian, rmsnorm_jacobian
-from .probes import Batch, hidden_grad_norms
+from .probes import Batch, _forward_with_hooks, _position, _stream_input, hidden_grad_norms
 from .training import TrainResult, outcome, train
+from .verdicts import Estimate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,11 +37,14 @@ __all__ = [
     "PlacementDemo",
     "autograd_error",
     "jacobian_spectrum",
-    "lemma1_band",
+    "lemma2_band",
     "mark_entropy",
+    "norm_jacobian_scale",
     "placement_table",
     "plot_jacobian_spectra",
-    "plot_lemma1_band",
+    "plot_lemma2_band",
+    "plot_stream_rms",
+    "sigma_deviation",
     "sigma_summary",
     "spectrum_explorer",
     "stream_growth",
@@ -119,8 +123,8 @@ def train_placements(
     )
 
 
-def lemma1_band(states: pd.DataFrame, value: str = "ms") -> pd.DataFrame:
-    r"""Pre-LN's mean square per layer against Xiong et al.'s Lemma 1,
+def lemma2_band(states: pd.DataFrame, value: str = "ms") -> pd.DataFrame:
+    r"""Pre-LN's mean square per layer against Xiong et al.'s Lemma 2,
     :math:`1 + l/2 \le \mathbb E\|x_l\|^2/d \le 1 + 3l/2`. ``states`` holds rows of
     :func:`~prenorm.residual_norms` (several seeds) with ``layer`` and ``value``. One row
     per layer :math:`l`: ``mean`` and ``sem`` (standard error over the rows) of ``value``,
@@ -215,6 +219,92 @@ def sigma_summary(scales: pd.DataFrame, by: str = "init") -> pd.DataFrame:
     return summary
 
 
+def norm_jacobian_scale(model: TransformerLM, batch: Batch, tokens: int = 8) -> pd.DataFrame:
+    r"""The scale :math:`\sigma` every norm of ``model``'s blocks divides by, and its
+    Jacobian's spectral norm measured against :math:`\max_i|\gamma_i|/\sigma`.
+
+    The inputs :math:`s` each norm sees on ``batch`` are recorded in one forward pass.
+    Over all tokens: ``scale_mean`` (the mean of :math:`\sigma(s)`, as
+    :func:`~prenorm.norm_input_scales`) and ``inv_scale_mean`` (of :math:`1/\sigma`). At
+    the first ``tokens`` tokens: the Jacobian of the norm module by reverse-mode
+    autograd, its largest singular value :math:`\|J(s)\|_2`, and
+    ``ratio_min`` and ``ratio_max``, the extremes over those tokens of
+    :math:`\|J(s)\|_2\,\sigma(s)/\max_i|\gamma_i|`. Chapter 2's closed form makes the
+    ratio exactly 1 for :math:`\gamma = 1` (:math:`\epsilon` aside) and at most 1 for any
+    :math:`\gamma`. One row per (layer, norm): ``layer`` (the block's index from 0),
+    ``sublayer``, ``position`` (the residual step, two per block, from 0), ``slot``, the
+    columns above, plus the model's :meth:`~prenorm.TransformerLM.describe` columns."""
+    if not (isinstance(tokens, int) and tokens >= 1):
+        raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
+    x0, _ = _stream_input(model, batch)
+    seen: list[tuple[int, str, str, torch.nn.Module, Tensor]] = []
+    handles = []
+    for l, blk in enumerate(model.blocks):
+        for which, slot, norm in blk.norms():
+            if not (hasattr(norm, "scale") and hasattr(norm, "weight")):
+                raise TypeError(f"norm {type(norm).__name__} has no scale or weight to compare")
+
+            def hook(
+                mod: torch.nn.Module,
+                args: tuple[Tensor, ...],
+                l: int = l,
+                which: str = which,
+                slot: str = slot,
+            ) -> None:
+                seen.append((l, which, slot, mod, args[0].detach().reshape(-1, args[0].shape[-1])))
+
+            handles.append(norm.register_forward_pre_hook(hook))
+    _forward_with_hooks(model, x0, handles)
+    rows = []
+    for l, which, slot, mod, s in seen:
+        sigma = mod.scale(s)
+        sample = s[:tokens]
+        d = sample.shape[-1]
+        # reverse-mode autograd, one pass for all rows: copy k of the tokens carries the
+        # gradient of output k, so its gradient is row k of each token's Jacobian
+        copies = sample.unsqueeze(0).repeat(d, 1, 1).requires_grad_(True)
+        with torch.enable_grad():
+            out = mod(copies)
+            k = torch.arange(d, device=out.device)
+            (rows_,) = torch.autograd.grad(out[k, :, k].sum(), copies)
+        jac = rows_.permute(1, 0, 2)  # (token, output, input)
+        spec = torch.linalg.matrix_norm(jac, ord=2)
+        ratio = spec * mod.scale(sample) / mod.weight.detach().abs().max()
+        rows.append(
+            {
+                "layer": l,
+                "sublayer": which,
+                "position": _position(l, which),
+                "slot": slot,
+                "scale_mean": sigma.mean().item(),
+                "inv_scale_mean": (1 / sigma).mean().item(),
+                "ratio_min": ratio.min().item(),
+                "ratio_max": ratio.max().item(),
+            }
+        )
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def sigma_deviation(
+    scales: pd.DataFrame, by: str = "init", seed: str = "seed", level: float = 0.95
+) -> dict[str, Estimate]:
+    r"""How far the scale :math:`\sigma` of a stack's norms is from 1, per level of ``by``:
+    for each seed, :math:`|\bar\sigma - 1|` with :math:`\bar\sigma` the mean of
+    ``scale_mean`` over that model's norms; then the mean over seeds with its Student-t
+    interval at ``level`` (:func:`~prenorm.t_interval`). Returns one
+    :class:`~prenorm.Estimate` per level."""
+    from .stats import t_interval
+
+    for col in (by, seed, "scale_mean"):
+        if col not in scales.columns:
+            raise KeyError(f"no column {col!r}; columns: {list(scales.columns)}")
+    per_seed = (scales.groupby([by, seed]).scale_mean.mean() - 1).abs()
+    return {
+        str(level_): t_interval(group.to_numpy(), level=level)
+        for level_, group in per_seed.groupby(level=by)
+    }
+
+
 # ---- figures --------------------------------------------------------------------------
 def mark_entropy(ax: Axes, entropy: float, headroom: float | None = 1.2) -> Axes:
     """Draw the unigram entropy :math:`H` as a labelled dashed line on a loss plot, and
@@ -235,19 +325,19 @@ def mark_entropy(ax: Axes, entropy: float, headroom: float | None = 1.2) -> Axes
     return ax
 
 
-def plot_lemma1_band(
+def plot_lemma2_band(
     band: pd.DataFrame, post: pd.Series | None = None, ax: Axes | None = None
 ) -> Axes:
-    r"""Lemma 1's band for Pre-LN (grey), the Pre-LN means of :func:`lemma1_band` with
+    r"""Lemma 2's band for Pre-LN (grey), the Pre-LN means of :func:`lemma2_band` with
     error bars of three standard errors, and optionally Post-LN's per-layer mean square
-    ``post`` (indexed by layer), against the layer index."""
+    ``post`` (indexed by layer), against the block index."""
     import matplotlib.pyplot as plt
 
     from .plotting import PLACEMENT_COLORS
 
     ax = ax or plt.gca()
     l = band.index.to_numpy()
-    ax.fill_between(l, band["lo"], band["hi"], color="0.88", zorder=0, label="Lemma 1 (Pre-LN)")
+    ax.fill_between(l, band["lo"], band["hi"], color="0.88", zorder=0, label="Lemma 2 (Pre-LN)")
     ax.errorbar(
         l,
         band["mean"],
@@ -259,36 +349,136 @@ def plot_lemma1_band(
         label="Pre-LN",
     )
     if post is not None:
-        ax.plot(post.index, post.values, "o", ms=3, color=PLACEMENT_COLORS["post"], label="Post-LN")
-    ax.set_xlabel("layer index $l$")
+        ax.plot(post.index, post.values, "s", ms=3, color=PLACEMENT_COLORS["post"], label="Post-LN")
+    ax.set_xlabel("block index $l$")
     ax.set_ylabel(r"$\|x_l\|^2 / d$")
     ax.legend()
     return ax
 
 
-def plot_jacobian_spectra(spectra: pd.DataFrame, offset: float = 0.03) -> Figure:
-    """Two panels, LayerNorm and RMSNorm: the singular values of :func:`jacobian_spectrum`
-    times the token's scale, one line per token (shifted up by ``offset`` each, so that
-    lines that coincide stay visible), against their index."""
+def plot_stream_rms(norms: pd.DataFrame, n_layers: int) -> Figure:
+    r"""The residual stream at initialization for the stacks of depth ``n_layers`` among
+    :func:`~prenorm.residual_norms` rows (several inits and seeds, both placements), in
+    two panels on log axes: the Pre-LN stream's RMS :math:`\|x_l\|/\sqrt d` against the
+    block index :math:`l`, and its growth from the embedding, RMS of :math:`x_l` over RMS
+    of :math:`x_0`; one line per init (mean over seeds, colour and line style and marker
+    all differ), Post-LN as one grey reference line (its states after block 1 are exactly
+    1 under every init). The legend sits below the panels."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .plotting import TEXT_WIDTH, _log_axis, palette
+
+    deep = norms[norms.n_layers == n_layers]
+    pre = deep[deep.placement == "pre"].copy()
+    first = pre[pre.layer == 0].set_index(["init", "seed"]).rms
+    pre["growth"] = (
+        pre.rms.to_numpy() / first.loc[list(zip(pre.init, pre.seed, strict=True))].to_numpy()
+    )
+    inits = list(dict.fromkeys(pre.init))
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.6), sharex=True)
+    for ax, col, label in (
+        (axes[0], "rms", r"Pre-LN RMS $\|x_l\|/\sqrt{d}$"),
+        (axes[1], "growth", r"Pre-LN RMS of $x_l$ / RMS of $x_0$"),
+    ):
+        sns.lineplot(
+            data=pre,
+            x="layer",
+            y=col,
+            hue="init",
+            style="init",
+            hue_order=inits,
+            style_order=inits,
+            palette=palette("init", inits),
+            markers=True,
+            dashes=True,
+            markersize=5,
+            markevery=max(1, n_layers // 8),
+            errorbar=None,
+            ax=ax,
+        )
+        ax.set_ylabel(label)
+        ax.set_xlabel("block index $l$")
+    axes[0].axhline(1.0, color="0.45", ls=":", lw=1.6, label="Post-LN, every init")
+    for ax in axes:
+        _log_axis(ax)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, labels, ncol=len(labels), loc="lower center", frameon=False, fontsize=9.5)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_jacobian_spectra(spectra: pd.DataFrame, floor: float = 1e-12) -> Figure:
+    r"""Every singular value of :func:`jacobian_spectrum`'s rows on a log axis, one row of
+    the figure per (norm, :math:`\epsilon`, token scale): the numerical SVD of the
+    closed-form matrix as dots, the predicted values as open circles, so that the shelf of :math:`d - 2` (or :math:`d - 1`)
+    equal values is one point, labelled with its count, and the one or two small values
+    stand apart. Values below
+    ``floor`` (the exact zeros, and their float round-off) are drawn at ``floor`` as
+    left-pointing triangles and read "0". The legend sits below the panel."""
     import matplotlib.pyplot as plt
 
-    from .plotting import TEXT_WIDTH, palette
+    from .plotting import NORM_COLORS, TEXT_WIDTH
 
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.4), sharey=True)
-    for ax, (norm, title) in zip(
-        axes, [("layernorm", "LayerNorm"), ("rmsnorm", "RMSNorm")], strict=True
-    ):
-        sub = spectra[spectra.norm == norm]
-        labels = sub.scale.map(lambda s: f"{s:.2f}")
-        colours = palette("token scale", list(dict.fromkeys(labels)))
-        for k, (label, grp) in enumerate(sub.groupby(labels, sort=False)):
-            y = grp["singular_value"] * grp["scale"] + offset * k
-            ax.plot(grp["index"], y, "o-", ms=2.5, lw=1, color=colours[k], label=label)
-        ax.set_title(title)
-        ax.set_xlabel("index (sorted)")
-    axes[0].set_ylabel("singular value × scale")
-    axes[1].legend(title="token scale")
-    fig.tight_layout()
+    names = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+    groups = list(spectra.groupby(["norm", "eps", "scale"], sort=False))
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, 0.42 * len(groups) + 1.4))
+    labels = []
+    for row, ((norm, eps, scale), grp) in enumerate(groups):
+        colour = NORM_COLORS.get(norm, "0.3")
+        for col, style in (("predicted", "closed"), ("singular_value", "measured")):
+            v = grp[col].to_numpy()
+            low = v < floor
+            kw = (
+                {"s": 90, "facecolors": "none", "edgecolors": colour, "linewidths": 1.4}
+                if style == "closed"
+                else {"s": 16, "color": colour, "zorder": 3}
+            )
+            ax.scatter(v[~low], np.full((~low).sum(), row), marker="o", **kw)
+            ax.scatter(np.full(low.sum(), floor), np.full(low.sum(), row), marker="<", **kw)
+        top = grp["singular_value"].max()
+        shelf = int((grp["singular_value"] > top * (1 - 1e-9)).sum())
+        ax.annotate(
+            f"×{shelf}",
+            (top, row),
+            xytext=(9, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=9,
+            color=colour,
+        )
+        zeros = int((grp["singular_value"] < floor).sum())
+        if zeros > 1:
+            ax.annotate(
+                f"×{zeros}",
+                (floor, row),
+                xytext=(9, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=9,
+                color=colour,
+            )
+        sym = r"\sigma" if norm == "layernorm" else "r"
+        labels.append(f"{names.get(norm, norm)}, $\\epsilon$={eps:g}, ${sym}$={scale:.2f}")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(groups)), labels)
+    ax.invert_yaxis()
+    ticks = [t for t in ax.get_xticks() if floor < t <= 10 * spectra.singular_value.max()]
+    ax.set_xticks([floor, *ticks], ["0", *[f"$10^{{{int(round(np.log10(t)))}}}$" for t in ticks]])
+    ax.set_xlim(floor / 5, 30 * spectra.singular_value.max())
+    ax.set_xlabel("singular value (log scale; zeros at the left edge)")
+    ax.grid(axis="y", visible=False)
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", ms=4, color="0.3", label="SVD of the matrix"),
+        plt.Line2D(
+            [], [], ls="", marker="o", ms=9, mfc="none", mec="0.3", label="predicted spectrum"
+        ),
+        plt.Line2D([], [], ls="", marker="<", ms=6, color="0.3", label="zero (below the axis)"),
+    ]
+    fig.legend(handles=handles, ncol=3, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

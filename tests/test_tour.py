@@ -29,10 +29,10 @@ def test_placement_table_says_where_the_norms_are():
     assert set(P.placement_table().index) == set(P.PLACEMENTS)
 
 
-def test_lemma1_band_in_standard_errors():
+def test_lemma2_band_in_standard_errors():
     ms = {0: [1.0, 1.2, 0.8], 1: [1.4, 1.6, 1.5], 2: [4.6, 4.8, 5.0]}
     states = pd.DataFrame([{"layer": l, "ms": v} for l, vs in ms.items() for v in vs])
-    band = P.lemma1_band(states)
+    band = P.lemma2_band(states)
     for l, vs in ms.items():
         mean, sem = np.mean(vs), np.std(vs, ddof=1) / math.sqrt(len(vs))
         assert band.loc[l, "mean"] == pytest.approx(mean)
@@ -148,3 +148,97 @@ def test_train_placements_matches_its_parts(corpus):
         assert demo.table.loc[p, "outcome"] == P.outcome(r, entropy, 0.1)
         h = demo.histories[demo.histories.placement == p]
         assert len(h) == 4 and (h.seed == 0).all() and not h.diverged.any()
+
+
+def _tiny_post(corpus, init="xavier"):
+    kwargs = {"vocab_size": corpus.vocab_size, "d_model": 16, "n_heads": 2, "seq_len": 8}
+    model = P.build_model(seed=0, placement="post", n_layers=2, init=init, **kwargs)
+    batch = corpus.batch("val", 2, 8, torch.Generator().manual_seed(0))
+    return model, batch
+
+
+def test_norm_jacobian_scale_measures_one_over_sigma(corpus):
+    model, batch = _tiny_post(corpus)
+    got = P.norm_jacobian_scale(model, batch, tokens=4)
+    ref = P.norm_input_scales(model, batch)
+    # the same sigma as the existing probe, norm by norm (fails if inputs are misread)
+    assert np.allclose(got.scale_mean, ref.scale_mean, rtol=1e-6)
+    assert np.allclose(got.inv_scale_mean, ref.inv_scale_mean, rtol=1e-6)
+    assert list(got.position) == list(ref.position)
+    # gamma = 1: ||J||_2 = 1/sigma exactly (eps aside), so the ratio is 1
+    assert np.allclose(got.ratio_min, 1.0, atol=1e-4) and np.allclose(got.ratio_max, 1.0, atol=1e-4)
+
+
+def test_norm_jacobian_scale_with_gamma_against_the_closed_form(corpus):
+    model, batch = _tiny_post(corpus)
+    gen = torch.Generator().manual_seed(1)
+    norms = [n for blk in model.blocks for _, _, n in blk.norms()]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(1 + 0.8 * torch.randn(n.weight.shape, generator=gen))
+    got = P.norm_jacobian_scale(model, batch, tokens=3)
+    # the closed form's spectral norm at the same inputs, recorded by hand
+    inputs = []
+    hooks = [n.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for n in norms]
+    with torch.no_grad():
+        x0 = model.embed(batch[0])
+        model.residual_stream(x0)
+    for h in hooks:
+        h.remove()
+    for row, n, s in zip(got.itertuples(), norms, inputs, strict=True):
+        s = s.reshape(-1, s.shape[-1])[:3]
+        spec = torch.linalg.matrix_norm(n.jacobian(s), ord=2)
+        ratio = spec * n.scale(s) / n.weight.abs().max()
+        assert row.ratio_min == pytest.approx(ratio.min().item(), rel=1e-4)
+        assert row.ratio_max == pytest.approx(ratio.max().item(), rel=1e-4)
+        assert row.ratio_max <= 1 + 1e-5  # ||diag(gamma) B|| <= max|gamma|
+    with pytest.raises(ValueError, match="tokens"):
+        P.norm_jacobian_scale(model, batch, tokens=0)
+
+
+def test_sigma_deviation_by_hand():
+    rows = []
+    # init a: per-seed mean sigma 1.2 and 0.9 -> |dev| 0.2, 0.1; init b: 1.0, 1.0 -> 0, 0
+    for init, per_seed in {"a": [[1.0, 1.4], [0.8, 1.0]], "b": [[1.0, 1.0], [1.0, 1.0]]}.items():
+        for seed, scales in enumerate(per_seed):
+            for k, s in enumerate(scales):
+                rows.append({"init": init, "seed": seed, "position": k, "scale_mean": s})
+    dev = P.sigma_deviation(pd.DataFrame(rows))
+    assert float(dev["a"]) == pytest.approx(0.15)  # not |mean of signed deviations| = 0.05
+    assert dev["a"].n == 2 and dev["a"].lo < 0.15 < dev["a"].hi
+    assert float(dev["b"]) == pytest.approx(0.0)
+    with pytest.raises(KeyError, match="scale_mean"):
+        P.sigma_deviation(pd.DataFrame(rows).drop(columns="scale_mean"))
+
+
+def test_plot_jacobian_spectra_puts_zeros_at_the_floor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = torch.randn(8, dtype=torch.float64)
+    spectra = pd.concat(
+        [P.jacobian_spectrum(x, "layernorm", 0.0), P.jacobian_spectrum(x, "rmsnorm", 0.0)]
+    )
+    fig = P.plot_jacobian_spectra(spectra, floor=1e-12)
+    ax = fig.axes[0]
+    assert len(ax.get_yticks()) == 2  # one row per (norm, eps, token scale)
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())])
+    # LayerNorm with eps = 0 has two exact zeros: drawn at the floor, not at ~1e-17
+    assert (xs == 1e-12).sum() >= 2 and xs.min() == 1e-12
+    assert xs.max() == pytest.approx(spectra.predicted.max())  # the shelf, 1/sigma or 1/r
+
+
+def test_plot_stream_rms_growth_is_relative_to_the_embedding():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [
+        {"placement": p, "init": "gpt2", "seed": s, "n_layers": 2, "layer": l, "rms": v}
+        for p in ("pre", "post")
+        for s in (0, 1)
+        for l, v in enumerate([0.5, 1.0, 2.0] if p == "pre" else [0.5, 1.0, 1.0])
+    ]
+    fig = P.plot_stream_rms(pd.DataFrame(rows), n_layers=2)
+    growth = fig.axes[1].get_lines()[0].get_ydata()
+    assert np.allclose(growth, [1.0, 2.0, 4.0])  # RMS over the embedding's 0.5
+    assert np.allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.5, 1.0, 2.0])
