@@ -57,6 +57,7 @@ from .depth import (
     plot_variance,
     sequence_gains,
     step_jacobian_check,
+    step_linearity,
     step_variance,
     train_and_probe,
 )
@@ -295,6 +296,7 @@ __all__ = [
     "plot_variance",
     "sequence_gains",
     "step_jacobian_check",
+    "step_linearity",
     "step_variance",
     "train_and_probe",
     "deep_shares",

@@ -91,6 +91,13 @@ class Scale:
     eight, so that the half-width of the 95% *t*-interval, t(0.975, n - 1) s / sqrt(n) at
     the paired SD s = 0.015 nats that three seeds measured, is about 0.012 nats, below
     the claim's 0.02 (three seeds gave 0.036).
+    ``gradients_confirm_seeds``: chapter 3's fresh seeds for the init-time probes of C2,
+    C3 and C5, whose predictions were revised (the width-scaled GPT-2 init added) after
+    the results of ``seeds`` were seen: the verdicts rest on these seeds only.
+    ``highway_confirm_seeds``: chapter 4's fresh training seeds for C8's core prediction
+    (the step gain of trained Pre-LN models), revised after the ``train_seeds`` results
+    were seen; at least two, so that a 95% *t*-interval over them exists (the chapter
+    computes, from the development seeds' spread, whether that many can decide).
     """
 
     name: str
@@ -122,6 +129,8 @@ class Scale:
     speed_tokens: int
     speed_repeats: int
     quality_seeds: tuple[int, ...]
+    gradients_confirm_seeds: tuple[int, ...]
+    highway_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -167,6 +176,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=128,
             speed_repeats=3,
             quality_seeds=(0, 1),
+            gradients_confirm_seeds=(2, 3),
+            highway_confirm_seeds=(1, 2),
         ),
         "cpu": Scale(
             name="cpu",
@@ -198,6 +209,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=512,
             speed_repeats=15,
             quality_seeds=tuple(range(8)),
+            gradients_confirm_seeds=(3, 4, 5),
+            highway_confirm_seeds=(2, 3),
         ),
         "gpu": Scale(
             name="gpu",
@@ -229,6 +242,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=16384,
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
+            gradients_confirm_seeds=(5, 6, 7, 8, 9),
+            highway_confirm_seeds=(3, 4, 5),
         ),
     },
 )
