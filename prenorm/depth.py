@@ -36,6 +36,7 @@ __all__ = [
     "first_last",
     "inner_layers",
     "labelled",
+    "legend_below",
     "plot_attenuation",
     "plot_power_laws",
     "plot_stages",
@@ -297,6 +298,27 @@ def plot_variance(steps: pd.DataFrame, by: str = "init") -> Figure:
     axes[1].set_ylabel(r"gain of $(I+J_F)^\top$")
     axes[0].legend(markerscale=2)
     fig.tight_layout()
+    return fig
+
+
+def legend_below(fig: Figure, axes: Sequence[Axes] | np.ndarray, ncol: int = 4) -> Figure:
+    """One legend for the whole figure, below its panels, off the data: the entries of the
+    first of ``axes`` that has a legend, in ``ncol`` columns; every axes' own legend is
+    removed. Placement keys are printed as names ("Post-LN")."""
+    from .plotting import PLACEMENT_LABELS
+
+    flat = list(np.ravel(axes))
+    source = next((ax for ax in flat if ax.get_legend() is not None), None)
+    if source is None:
+        raise ValueError("none of the axes has a legend to move below the figure")
+    handles, labels = source.get_legend_handles_labels()
+    for ax in flat:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    labels = [PLACEMENT_LABELS.get(label, label) for label in labels]
+    fig.legend(handles, labels, ncol=ncol, loc="lower center", frameon=False)
+    rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     return fig
 
 

@@ -108,7 +108,7 @@ def init_deepnorm(model: TransformerLM) -> None:
 #: with :math:`W^Q = W^K = 0` (uniform attention), a :math:`d \times d` ReLU FFN
 #: (``mlp_ratio=1``), no biases, Gaussian Xavier weights (``init="xiong"``). With
 #: Gaussian inputs of :math:`E\|x\|^2 = d` (:func:`~prenorm.gaussian_batch`), their
-#: Lemma 1 bounds the Pre-LN stream by :math:`(1 + l/2)d \le E\|x_l\|^2 \le (1 + 3l/2)d`.
+#: Lemma 2 bounds the Pre-LN stream by :math:`(1 + l/2)d \le E\|x_l\|^2 \le (1 + 3l/2)d`.
 THEORY_SETTING: dict[str, object] = {
     "n_heads": 1,
     "mlp_ratio": 1,

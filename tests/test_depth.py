@@ -219,3 +219,22 @@ def test_step_linearity_halving_ratio():
     assert abs(big.halving_ratio.iloc[0] - 2.0) > 0.1
     with pytest.raises(ValueError, match="halvings"):
         P.step_linearity(m, batch, lr=1e-3, halvings=0)
+
+
+def test_legend_below_moves_one_legend_off_the_axes():
+    # Fails if a panel keeps its legend (on the data), if the figure gets no legend or gets
+    # one per panel, or if placement keys are not printed as names.
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], label="post")
+        ax.plot([0, 1], [1, 0], label="pre")
+        ax.legend()
+    P.legend_below(fig, axes, ncol=2)
+    assert all(ax.get_legend() is None for ax in axes)
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Post-LN", "Pre-LN"]
+    with pytest.raises(ValueError, match="legend"):
+        P.legend_below(fig, axes)
+    plt.close(fig)
