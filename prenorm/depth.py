@@ -26,7 +26,7 @@ from .blocks import SUBLAYERS
 from .data import Corpus
 from .jacobians import step_jacobian_parts
 from .model import TransformerLM, build_model
-from .probes import end_to_end_gains
+from .probes import end_to_end_gains, update_sensitivity
 from .stats import depth_exponent
 from .training import train
 
@@ -36,12 +36,14 @@ __all__ = [
     "first_last",
     "inner_layers",
     "labelled",
+    "legend_below",
     "plot_attenuation",
     "plot_power_laws",
     "plot_stages",
     "plot_variance",
     "sequence_gains",
     "step_jacobian_check",
+    "step_linearity",
     "step_variance",
     "train_and_probe",
 ]
@@ -95,6 +97,29 @@ def sequence_gains(
     :math:`\|\partial x_L/\partial x_l\|_F/\sqrt{Td}` of the stack from each of ``layers``
     to the top, from ``samples`` random vector-Jacobian products."""
     return end_to_end_gains(model, batch[0], layers=layers, samples=samples, seed=seed)
+
+
+def step_linearity(
+    model: TransformerLM, batch: Batch, lr: float, halvings: int = 2
+) -> pd.DataFrame:
+    r"""Is one Adam-sized step (:func:`~prenorm.update_sensitivity`) in the linear regime?
+    The step :math:`-\eta\,\mathrm{sign}(\nabla\mathcal L)` is exactly proportional to
+    :math:`\eta`, so the output change :math:`\Delta(\eta) = a\eta + b\eta^2 + \dots`
+    halves with :math:`\eta` exactly when the higher-order terms are negligible.
+
+    Measures :math:`\Delta` at :math:`\eta_k = \mathrm{lr}/2^k`, :math:`k = 0, \dots,`
+    ``halvings``. One row per :math:`\eta_k`: ``lr``, ``rel_output_change`` and
+    ``halving_ratio`` :math:`\Delta(\eta_k)/\Delta(\eta_{k+1})` (2 in the linear
+    regime; NaN for the last :math:`k`), plus the model's
+    :meth:`~prenorm.TransformerLM.describe` columns. A ratio that approaches 2 as
+    :math:`k` grows locates the departure in the second- and higher-order terms."""
+    if not (isinstance(halvings, int) and halvings >= 1):
+        raise ValueError(f"halvings must be a positive integer, got {halvings!r}")
+    frames = [update_sensitivity(model, batch, lr=lr / 2**k) for k in range(halvings + 1)]
+    out = pd.concat(frames, ignore_index=True)
+    change = out.rel_output_change.to_numpy()
+    out["halving_ratio"] = np.append(change[:-1] / change[1:], np.nan)
+    return out
 
 
 def attenuation(
@@ -273,6 +298,27 @@ def plot_variance(steps: pd.DataFrame, by: str = "init") -> Figure:
     axes[1].set_ylabel(r"gain of $(I+J_F)^\top$")
     axes[0].legend(markerscale=2)
     fig.tight_layout()
+    return fig
+
+
+def legend_below(fig: Figure, axes: Sequence[Axes] | np.ndarray, ncol: int = 4) -> Figure:
+    """One legend for the whole figure, below its panels, off the data: the entries of the
+    first of ``axes`` that has a legend, in ``ncol`` columns; every axes' own legend is
+    removed. Placement keys are printed as names ("Post-LN")."""
+    from .plotting import PLACEMENT_LABELS
+
+    flat = list(np.ravel(axes))
+    source = next((ax for ax in flat if ax.get_legend() is not None), None)
+    if source is None:
+        raise ValueError("none of the axes has a legend to move below the figure")
+    handles, labels = source.get_legend_handles_labels()
+    for ax in flat:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    labels = [PLACEMENT_LABELS.get(label, label) for label in labels]
+    fig.legend(handles, labels, ncol=ncol, loc="lower center", frameon=False)
+    rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     return fig
 
 

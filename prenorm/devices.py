@@ -95,6 +95,13 @@ class Scale:
     the scale sigma in Post-LN stacks (seeds 0-4 were seen while C4 was restated, so these
     start at 5; three suffice for a 95% interval of half-width about 0.02 at the seed-to-seed
     SD of 0.0064 seen on seeds 3-4; at ``ci`` too few are fresh and the verdict says so).
+    ``gradients_confirm_seeds``: chapter 3's fresh seeds for the init-time probes of C2,
+    C3 and C5, whose predictions were revised (the width-scaled GPT-2 init added) after
+    the results of ``seeds`` were seen: the verdicts rest on these seeds only.
+    ``highway_confirm_seeds``: chapter 4's fresh training seeds for C8's core prediction
+    (the step gain of trained Pre-LN models), revised after the ``train_seeds`` results
+    were seen; at least two, so that a 95% *t*-interval over them exists (the chapter
+    computes, from the development seeds' spread, whether that many can decide).
     """
 
     name: str
@@ -127,6 +134,8 @@ class Scale:
     speed_repeats: int
     quality_seeds: tuple[int, ...]
     jacobian_seeds: tuple[int, ...]
+    gradients_confirm_seeds: tuple[int, ...]
+    highway_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -173,6 +182,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_repeats=3,
             quality_seeds=(0, 1),
             jacobian_seeds=(2, 3),
+            gradients_confirm_seeds=(2, 3),
+            highway_confirm_seeds=(1, 2),
         ),
         "cpu": Scale(
             name="cpu",
@@ -205,6 +216,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_repeats=15,
             quality_seeds=tuple(range(8)),
             jacobian_seeds=(5, 6, 7),
+            gradients_confirm_seeds=(3, 4, 5),
+            highway_confirm_seeds=(2, 3),
         ),
         "gpu": Scale(
             name="gpu",
@@ -237,6 +250,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
             jacobian_seeds=(5, 6, 7, 8, 9),
+            gradients_confirm_seeds=(5, 6, 7, 8, 9),
+            highway_confirm_seeds=(3, 4, 5),
         ),
     },
 )

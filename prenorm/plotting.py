@@ -32,7 +32,7 @@ NORM_COLORS: dict[str, str] = {"layernorm": "#4c72b0", "rmsnorm": "#dd8452", "dy
 INIT_COLORS: dict[str, str] = {
     "pytorch": "#937860",
     "gpt2": "#2a9d8f",
-    "gpt2_scaled": "#3b5b92",
+    "gpt2_scaled": "#9b2d86",
     "xavier": "#e9a03b",
     "xiong": "#da8bc3",
     "deepnorm": "#8172b3",

@@ -203,3 +203,38 @@ def test_plots_draw_what_they_say():
     fig = P.plot_variance(steps)
     assert len(fig.axes) == 2 and all(len(a.lines) == 1 for a in fig.axes)
     plt.close("all")
+
+
+def test_step_linearity_halving_ratio():
+    # A tiny step is linear: each halving divides the change by 2 (fails if the ratio is
+    # inverted, taken between the wrong rows, or if the lr is not halved). A step as large
+    # as the weights is not, and the ratio must say so (fails if the column were constant).
+    m = _model("post")
+    batch = (_tokens(), torch.randint(V, (1, T), generator=torch.Generator().manual_seed(2)))
+    small = P.step_linearity(m, batch, lr=1e-6, halvings=2)
+    assert list(small.lr) == pytest.approx([1e-6, 5e-7, 2.5e-7])
+    assert small.halving_ratio.iloc[:2].to_numpy() == pytest.approx([2.0, 2.0], rel=0.02)
+    assert math.isnan(small.halving_ratio.iloc[-1])
+    big = P.step_linearity(m, batch, lr=1.0, halvings=1)
+    assert abs(big.halving_ratio.iloc[0] - 2.0) > 0.1
+    with pytest.raises(ValueError, match="halvings"):
+        P.step_linearity(m, batch, lr=1e-3, halvings=0)
+
+
+def test_legend_below_moves_one_legend_off_the_axes():
+    # Fails if a panel keeps its legend (on the data), if the figure gets no legend or gets
+    # one per panel, or if placement keys are not printed as names.
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], label="post")
+        ax.plot([0, 1], [1, 0], label="pre")
+        ax.legend()
+    P.legend_below(fig, axes, ncol=2)
+    assert all(ax.get_legend() is None for ax in axes)
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Post-LN", "Pre-LN"]
+    with pytest.raises(ValueError, match="legend"):
+        P.legend_below(fig, axes)
+    plt.close(fig)
