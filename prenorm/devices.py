@@ -91,6 +91,10 @@ class Scale:
     eight, so that the half-width of the 95% *t*-interval, t(0.975, n - 1) s / sqrt(n) at
     the paired SD s = 0.015 nats that three seeds measured, is about 0.012 nats, below
     the claim's 0.02 (three seeds gave 0.036).
+    ``warmup_confirm_seeds``: chapter 5's confirmation seeds, fresh seeds (none of
+    ``train_seeds``) on which the predictions revised after ``train_seeds``' results were
+    seen are judged; ``warmup_long_factor``: how many times ``grid_steps`` chapter 5's
+    long runs of its hardest cell train, to tell a stalled run from a slow one.
     """
 
     name: str
@@ -122,6 +126,8 @@ class Scale:
     speed_tokens: int
     speed_repeats: int
     quality_seeds: tuple[int, ...]
+    warmup_confirm_seeds: tuple[int, ...]
+    warmup_long_factor: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -167,6 +173,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=128,
             speed_repeats=3,
             quality_seeds=(0, 1),
+            warmup_confirm_seeds=(1,),
+            warmup_long_factor=2,
         ),
         "cpu": Scale(
             name="cpu",
@@ -198,6 +206,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=512,
             speed_repeats=15,
             quality_seeds=tuple(range(8)),
+            warmup_confirm_seeds=(2, 3),
+            warmup_long_factor=4,
         ),
         "gpu": Scale(
             name="gpu",
@@ -229,6 +239,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=16384,
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
+            warmup_confirm_seeds=(3, 4),
+            warmup_long_factor=4,
         ),
     },
 )
