@@ -648,5 +648,5 @@ def plot_long_runs(hist: pd.DataFrame, at: int, entropy: float, margin: float) -
     ax.axhline(entropy - margin, color="0.3", ls="-.", lw=1.0)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss\n(nats/char)")
-    ax.legend(fontsize=9, loc="lower left")
+    ax.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False)
     return ax
