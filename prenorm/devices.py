@@ -102,6 +102,10 @@ class Scale:
     (the step gain of trained Pre-LN models), revised after the ``train_seeds`` results
     were seen; at least two, so that a 95% *t*-interval over them exists (the chapter
     computes, from the development seeds' spread, whether that many can decide).
+    ``warmup_confirm_seeds``: chapter 5's confirmation seeds, fresh seeds (none of
+    ``train_seeds``) on which the predictions revised after ``train_seeds``' results were
+    seen are judged; ``warmup_long_factor``: how many times ``grid_steps`` chapter 5's
+    long runs of its hardest cell train, to tell a stalled run from a slow one.
     """
 
     name: str
@@ -136,6 +140,8 @@ class Scale:
     jacobian_seeds: tuple[int, ...]
     gradients_confirm_seeds: tuple[int, ...]
     highway_confirm_seeds: tuple[int, ...]
+    warmup_confirm_seeds: tuple[int, ...]
+    warmup_long_factor: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -184,6 +190,8 @@ PRESETS: Registry[Scale] = Registry(
             jacobian_seeds=(2, 3),
             gradients_confirm_seeds=(2, 3),
             highway_confirm_seeds=(1, 2),
+            warmup_confirm_seeds=(1,),
+            warmup_long_factor=2,
         ),
         "cpu": Scale(
             name="cpu",
@@ -218,6 +226,8 @@ PRESETS: Registry[Scale] = Registry(
             jacobian_seeds=(5, 6, 7),
             gradients_confirm_seeds=(3, 4, 5),
             highway_confirm_seeds=(2, 3),
+            warmup_confirm_seeds=(2, 3),
+            warmup_long_factor=4,
         ),
         "gpu": Scale(
             name="gpu",
@@ -252,6 +262,8 @@ PRESETS: Registry[Scale] = Registry(
             jacobian_seeds=(5, 6, 7, 8, 9),
             gradients_confirm_seeds=(5, 6, 7, 8, 9),
             highway_confirm_seeds=(3, 4, 5),
+            warmup_confirm_seeds=(3, 4),
+            warmup_long_factor=4,
         ),
     },
 )

@@ -37,18 +37,24 @@ if TYPE_CHECKING:
 __all__ = [
     "CELL",
     "PairedT",
+    "cell_differences",
     "control_labels",
     "first_steps",
     "matches_treatment",
+    "necessity_table",
+    "need_rate",
     "outcome_counts",
     "paired_t",
+    "plot_cell_differences",
     "plot_controls",
     "plot_first_steps",
+    "plot_long_runs",
     "plot_stability_map",
     "plot_warmup_curves",
     "rate_table",
     "rescued_cells",
     "split_cells",
+    "stall_escape",
     "trained_cells",
     "trained_counts",
     "warmup_controls",
@@ -144,6 +150,92 @@ def rescued_cells(
     )
     failing = all_trained[~all_trained[0].astype(bool)]
     return pd.DataFrame({"rescued": failing[warm].astype(bool)})
+
+
+def necessity_table(
+    runs: pd.DataFrame, warm: int, cell: Sequence[str] = ("n_layers", "lr")
+) -> pd.DataFrame:
+    """What warmup does in each cell (the columns ``cell``) of one placement's runs: the
+    number of runs with a warmup of ``warm`` steps (``n_warm``) and the fraction of them
+    that trained (``trained_warm``), the number without warmup (``n_cold``) and the
+    fraction of them that failed, stalled or diverged (``failed_cold``), and
+    ``warmup_trains``: whether every run with warmup trained, the cells where the
+    necessity of warmup can be tested. Indexed by ``cell``; a cell missing either side
+    raises."""
+    _need(runs, [*cell, "warmup_steps", "outcome"])
+    rows = []
+    for key, g in runs.groupby(list(cell)):
+        w, c = g[g.warmup_steps == warm].outcome, g[g.warmup_steps == 0].outcome
+        if not (len(w) and len(c)):
+            raise ValueError(f"cell {key} lacks runs with warmup {warm} or without warmup")
+        rows.append(
+            {
+                **dict(zip(cell, key if isinstance(key, tuple) else (key,), strict=True)),
+                "n_warm": len(w),
+                "trained_warm": rate(w, "trained"),
+                "n_cold": len(c),
+                "failed_cold": rate(c, "failed"),
+            }
+        )
+    table = pd.DataFrame(rows).set_index(list(cell))
+    table["warmup_trains"] = table.trained_warm == 1
+    return table
+
+
+def need_rate(table: pd.DataFrame) -> float:
+    r"""The failure rate without warmup pooled over the cells of ``table``
+    (:func:`necessity_table`) where every run with warmup trained:
+    :math:`\sum_c n_c f_c / \sum_c n_c` over those cells, with :math:`n_c` the runs
+    without warmup and :math:`f_c` the fraction of them that failed. 1 means that
+    wherever warmup trains Post-LN, leaving it out failed every run; NaN when no cell
+    qualifies (necessity cannot be tested)."""
+    _need(table, ["n_cold", "failed_cold", "warmup_trains"])
+    sub = table[table.warmup_trains]
+    if not len(sub):
+        return math.nan
+    return float((sub.n_cold * sub.failed_cold).sum() / sub.n_cold.sum())
+
+
+def stall_escape(
+    hist: pd.DataFrame, at: int, entropy: float, margin: float, run: Sequence[str] = ("seed",)
+) -> pd.DataFrame:
+    """Whether runs that had failed after ``at`` steps recover when trained on: from the
+    step-by-step history of longer runs (:func:`~prenorm.sweep` with ``history=True``,
+    a constant learning rate after warmup, so that the first ``at`` steps are the
+    shorter run's), one row per run (the columns ``run``) with the validation loss of
+    the last evaluation at or before step ``at`` (``loss_at``) and its outcome
+    (``outcome_at``, :func:`~prenorm.outcome` against ``entropy`` and ``margin``; a run
+    whose history stops at or before ``at`` diverged there), the last validation loss
+    (``loss_end``), its outcome (``outcome_end``), the last step run (``last_step``) and
+    ``escaped``: failed at ``at`` and trained at the end."""
+    from .training import outcome
+
+    _need(hist, [*run, "step", "val_loss", "diverged"])
+    rows = []
+    for key, g in hist.groupby(list(run)):
+        g = g.sort_values("step")
+        diverged, last = bool(g.diverged.iloc[-1]), int(g.step.max())
+        early = g[(g.step < at) & g.val_loss.notna()].val_loss
+        late = g.val_loss.dropna()
+        rows.append(
+            {
+                **dict(zip(run, key if isinstance(key, tuple) else (key,), strict=True)),
+                "loss_at": float(early.iloc[-1]) if len(early) else math.nan,
+                "diverged_at_end_of_short": diverged and last < at,
+                "loss_end": float(late.iloc[-1]) if len(late) else math.nan,
+                "diverged": diverged,
+                "last_step": last + 1,
+            }
+        )
+    table = pd.DataFrame(rows)
+    at_end_of_short = pd.DataFrame(
+        {"final_val_loss": table.loss_at, "diverged": table.diverged_at_end_of_short}
+    )
+    at_end = pd.DataFrame({"final_val_loss": table.loss_end, "diverged": table.diverged})
+    table["outcome_at"] = outcome(at_end_of_short, entropy, margin)
+    table["outcome_end"] = outcome(at_end, entropy, margin)
+    table["escaped"] = (table.outcome_at != "trained") & (table.outcome_end == "trained")
+    return table.drop(columns=["diverged_at_end_of_short"])
 
 
 def control_labels(warm: int) -> dict[str, str]:
@@ -327,6 +419,43 @@ def paired_t(
     return PairedT(est.n, est.value, est.sd, est.value / (est.sd / math.sqrt(est.n)))
 
 
+def cell_differences(
+    runs: pd.DataFrame,
+    by: str = "placement",
+    a: object = "post",
+    b: object = "pre",
+    cell: Sequence[str] = CELL,
+    value: str = "final_val_loss",
+) -> pd.DataFrame:
+    r"""The comparison of ``a`` with ``b`` cell by cell (the columns ``cell``), over the
+    cells where every run of both sides trained (:func:`trained_cells`): one row per
+    cell with the number of seed pairs ``n``, the mean paired difference
+    :math:`\bar d` of ``value`` (``a`` minus ``b``, :func:`~prenorm.paired_difference`
+    over seeds) as ``mean``, its 95% Student-t interval ``lo``, ``hi`` (infinite
+    with one pair) and ``word``: ``"higher"`` when the whole interval lies above
+    0, ``"lower"`` when it lies below, else ``"not distinguishable"``. Pooling unlike
+    cells would hide a difference of one sign in some cells behind one of the other
+    sign in others."""
+    _need(runs, [*cell, by, "seed", "outcome", value])
+    both = trained_cells(runs[runs[by].isin([a, b])], cell, value)
+    rows = []
+    for key, g in both.groupby(list(cell)):
+        est = paired_difference(g, by, a, b, value=value, pair=("seed",))
+        lo, hi = est.lo, est.hi
+        word = "higher" if lo > 0 else "lower" if hi < 0 else "not distinguishable"
+        rows.append(
+            {
+                **dict(zip(cell, key if isinstance(key, tuple) else (key,), strict=True)),
+                "n": est.n,
+                "mean": est.value,
+                "lo": lo,
+                "hi": hi,
+                "word": word,
+            }
+        )
+    return pd.DataFrame(rows, columns=[*cell, "n", "mean", "lo", "hi", "word"])
+
+
 # ---- figures (matplotlib is imported on first use) --------------------------------------
 def plot_warmup_curves(
     hist: pd.DataFrame, warm: int, entropy: float, smooth: int = 10, top: float = 1.2
@@ -456,3 +585,68 @@ def plot_first_steps(early: pd.DataFrame, threshold: float = 0.5) -> Figure:
     axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_cell_differences(diffs: pd.DataFrame, runs: pd.DataFrame) -> Axes:
+    """The difference Post-LN minus Pre-LN in final validation loss of every cell of
+    ``diffs`` (:func:`cell_differences`), one row per cell: each seed's difference
+    (small markers, from ``runs``) and the cell's mean (large marker), colour by depth,
+    marker by warmup, with 0 dashed."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    _, ax = plt.subplots(figsize=(TEXT_WIDTH, 0.45 * len(diffs) + 1.2))
+    depths = sorted(diffs.n_layers.unique())
+    colors = dict(zip(depths, ["#4c72b0", "#c44e52", "#55a868", "#8172b3"], strict=False))
+    markers = dict(zip(sorted(diffs.warmup_steps.unique()), ["o", "s", "D", "^"], strict=False))
+    wide = runs.pivot_table(
+        index=[*CELL, "seed"], columns="placement", values="final_val_loss", aggfunc="first"
+    )
+    per_seed = (wide["post"] - wide["pre"]).rename("d").reset_index()
+    labels = []
+    for i, row in enumerate(diffs.itertuples(index=False)):
+        c, m = colors[row.n_layers], markers[row.warmup_steps]
+        d = per_seed[
+            (per_seed.n_layers == row.n_layers)
+            & (per_seed.lr == row.lr)
+            & (per_seed.warmup_steps == row.warmup_steps)
+        ].d
+        ax.scatter(d, np.full(len(d), i), color=c, marker=m, s=18, alpha=0.6)
+        ax.scatter([row.mean], [i], color=c, marker=m, s=80, edgecolor="black", linewidth=0.6)
+        labels.append(f"L={row.n_layers}, lr {row.lr:g}, warmup {row.warmup_steps}")
+    ax.axvline(0, color="0.3", ls="--", lw=1.2)
+    ax.set_yticks(range(len(diffs)), labels, fontsize=10)
+    ax.invert_yaxis()
+    ax.set_xlabel("Post-LN minus Pre-LN, final validation loss (nats/char)")
+    return ax
+
+
+def plot_long_runs(hist: pd.DataFrame, at: int, entropy: float, margin: float) -> Axes:
+    """The validation loss of each long run in ``hist`` (one line and marker per seed)
+    against step, with the short runs' length ``at`` dotted, the unigram entropy
+    ``entropy`` dashed and the loss a run must beat to count as trained,
+    ``entropy - margin``, dash-dotted."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    _, ax = plt.subplots(figsize=(TEXT_WIDTH, 3.4))
+    styles = zip(
+        ["-", "--", ":", "-."],
+        ["o", "s", "D", "^"],
+        ["#c44e52", "#8172b3", "#dd8452", "#937860"],
+        strict=True,
+    )
+    for (seed, g), (ls, marker, color) in zip(hist.groupby("seed"), styles, strict=False):
+        v = g.dropna(subset=["val_loss"])
+        ax.plot(
+            v.step + 1, v.val_loss, ls=ls, marker=marker, ms=4, color=color, label=f"seed {seed}"
+        )
+    ax.axvline(at, color="0.5", ls=":", lw=1.2)
+    ax.axhline(entropy, color="0.3", ls="--", lw=1.2)
+    ax.axhline(entropy - margin, color="0.3", ls="-.", lw=1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss\n(nats/char)")
+    ax.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False)
+    return ax

@@ -289,3 +289,111 @@ def test_plots_draw_their_panels():
     fig = P.plot_warmup_curves(hist, 10, entropy=3.0)
     assert [a.get_title() for a in fig.axes] == ["no warmup", "warmup 10 steps"]
     plt.close("all")
+
+
+def _post_cells(spec):
+    """Post-LN runs from {(n_layers, lr, warmup_steps): [outcome, ...]}."""
+    return _runs({("post", *k): [(w, 1.0) for w in v] for k, v in spec.items()})
+
+
+def test_necessity_pools_only_cells_where_warmup_trains_every_run():
+    # Cell (2, .1): warmup trains both, no warmup fails 1 of 2. Cell (4, .1): warmup
+    # trains 1 of 2, so it cannot test necessity; no warmup fails 3 of 3 there. Cell
+    # (2, .3): warmup trains both, no warmup fails 2 of 2. Pooled over the two testable
+    # cells: (1 + 2) / (2 + 2) = 0.75. Fails if the untestable cell is counted (6/7), if
+    # cells are averaged unweighted by runs, or if "failed" misses stalled or diverged.
+    runs = _post_cells(
+        {
+            (2, 0.1, 50): [T, T],
+            (2, 0.1, 0): [S, T],
+            (4, 0.1, 50): [T, D],
+            (4, 0.1, 0): [S, D, S],
+            (2, 0.3, 50): [T, T],
+            (2, 0.3, 0): [D, S],
+        }
+    )
+    table = P.necessity_table(runs, 50)
+    assert table.loc[(2, 0.1)].failed_cold == 0.5
+    assert table.loc[(4, 0.1)].trained_warm == 0.5
+    assert table.warmup_trains.to_dict() == {(2, 0.1): True, (2, 0.3): True, (4, 0.1): False}
+    assert P.need_rate(table) == pytest.approx(0.75)
+
+
+def test_need_rate_is_nan_when_warmup_trains_no_cell():
+    # Fails if an untestable grid reads as 0 (a failed prediction) instead of "cannot tell".
+    runs = _post_cells({(2, 0.1, 50): [S, T], (2, 0.1, 0): [S, S]})
+    assert math.isnan(P.need_rate(P.necessity_table(runs, 50)))
+
+
+def test_necessity_table_names_a_cell_missing_a_side():
+    runs = _post_cells({(2, 0.1, 50): [T], (2, 0.1, 0): [S], (4, 0.1, 0): [S]})
+    with pytest.raises(ValueError, match="lacks runs"):
+        P.necessity_table(runs, 50)
+
+
+def _history(seed, losses, every, diverged=False):
+    rows = []
+    for step in range(len(losses) * every):
+        val = losses[(step + 1) // every - 1] if (step + 1) % every == 0 else math.nan
+        rows.append({"seed": seed, "step": step, "val_loss": val, "diverged": diverged})
+    return rows
+
+
+def test_stall_escape_reads_the_short_horizon_from_the_long_history():
+    # H = 3.0, margin 0.1: trained below 2.9. Seed 0 evaluates 3.0 at step 10 and 2.5 at
+    # step 20: stalled, then escaped. Seed 1: 3.0, then 2.95: stalled twice. Seed 2 stops at
+    # step 5 having diverged. Fails if the short outcome uses an evaluation after step 10,
+    # if a stop before step 10 is not a divergence there, or if escaped counts seed 1.
+    hist = pd.DataFrame(
+        _history(0, [3.0, 2.5], 10)
+        + _history(1, [3.0, 2.95], 10)
+        + [{"seed": 2, "step": s, "val_loss": math.nan, "diverged": True} for s in range(5)]
+    )
+    got = P.stall_escape(hist, 10, entropy=3.0, margin=0.1).set_index("seed")
+    assert got.loc[0, "loss_at"] == 3.0 and got.loc[0, "loss_end"] == 2.5
+    assert got.outcome_at.tolist() == ["stalled", "stalled", "diverged"]
+    assert got.outcome_end.tolist() == ["trained", "stalled", "diverged"]
+    assert got.escaped.tolist() == [True, False, False]
+    assert got.last_step.tolist() == [20, 20, 5]
+
+
+def test_cell_differences_compare_per_cell_and_skip_cells_with_a_failed_run():
+    # Cell A (L=2): Post-LN higher by 0.50 and 0.52 in two seeds: interval above 0,
+    # "higher". Cell B (L=4): -0.1 and +0.1: "not distinguishable". Cell C (L=6): a Post-LN
+    # seed stalled, so it is not compared. Fails if cells are pooled (one row), if a
+    # cell with a failed run is kept, or if the sign is Pre minus Post.
+    runs = _runs(
+        {
+            ("post", 2, 0.1, 0): [(T, 2.50), (T, 2.52)],
+            ("pre", 2, 0.1, 0): [(T, 2.00), (T, 2.00)],
+            ("post", 4, 0.1, 0): [(T, 2.00), (T, 2.20)],
+            ("pre", 4, 0.1, 0): [(T, 2.10), (T, 2.10)],
+            ("post", 6, 0.1, 0): [(S, 3.00), (T, 2.00)],
+            ("pre", 6, 0.1, 0): [(T, 2.00), (T, 2.00)],
+        }
+    )
+    got = P.cell_differences(runs).set_index("n_layers")
+    assert list(got.index) == [2, 4]
+    assert got.loc[2, "mean"] == pytest.approx(0.51)
+    assert got.loc[4, "mean"] == pytest.approx(0.0, abs=1e-12)
+    assert got.word.tolist() == ["higher", "not distinguishable"]
+    assert (got.n == 2).all()
+
+
+def test_new_figures_draw_one_row_per_cell_and_one_line_per_seed():
+    # Fails if a cell or a seed is dropped from its figure.
+    runs = _runs(
+        {
+            ("post", 2, 0.1, 0): [(T, 2.5), (T, 2.6)],
+            ("pre", 2, 0.1, 0): [(T, 2.0), (T, 2.1)],
+            ("post", 4, 0.1, 50): [(T, 2.0), (T, 2.2)],
+            ("pre", 4, 0.1, 50): [(T, 2.1), (T, 2.1)],
+        }
+    )
+    ax = P.plot_cell_differences(P.cell_differences(runs), runs)
+    assert len(ax.get_yticklabels()) == 2
+    plt.close("all")
+    hist = pd.DataFrame(_history(0, [3.0, 2.5], 10) + _history(1, [3.0, 2.9], 10))
+    ax = P.plot_long_runs(hist, 10, 3.0, 0.1)
+    assert [line.get_label() for line in ax.get_lines()][:2] == ["seed 0", "seed 1"]
+    plt.close("all")
