@@ -91,6 +91,11 @@ class Scale:
     eight, so that the half-width of the 95% *t*-interval, t(0.975, n - 1) s / sqrt(n) at
     the paired SD s = 0.015 nats that three seeds measured, is about 0.012 nats, below
     the claim's 0.02 (three seeds gave 0.036).
+    ``design_lrs``: chapter 9's learning rates for the designs after Pre-LN, one rate past
+    each end of where the development seeds (``design_seeds``) trained best, so that every
+    design's optimum is bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
+    verdicts are judged on (at ``ci`` the development seeds, so the verdicts say they
+    saw their own development data).
     """
 
     name: str
@@ -122,6 +127,8 @@ class Scale:
     speed_tokens: int
     speed_repeats: int
     quality_seeds: tuple[int, ...]
+    design_lrs: tuple[float, ...]
+    design_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -167,6 +174,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=128,
             speed_repeats=3,
             quality_seeds=(0, 1),
+            design_lrs=(1e-3, 1e-2),
+            design_confirm_seeds=(0, 1),
         ),
         "cpu": Scale(
             name="cpu",
@@ -198,6 +207,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=512,
             speed_repeats=15,
             quality_seeds=tuple(range(8)),
+            design_lrs=(1e-4, 5e-4, 2.5e-3, 1.25e-2, 6.25e-2),
+            design_confirm_seeds=(2, 3),
         ),
         "gpu": Scale(
             name="gpu",
@@ -229,6 +240,8 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=16384,
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
+            design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            design_confirm_seeds=(2, 3),
         ),
     },
 )
