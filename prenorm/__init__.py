@@ -61,7 +61,6 @@ from .depth import (
     train_and_probe,
 )
 from .designs import (
-    GROWTH_WORDS,
     deep_shares,
     growth_word,
     interval_or_nan,
@@ -304,7 +303,6 @@ __all__ = [
     "step_jacobian_check",
     "step_variance",
     "train_and_probe",
-    "GROWTH_WORDS",
     "deep_shares",
     "growth_word",
     "interval_or_nan",

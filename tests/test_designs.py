@@ -353,7 +353,8 @@ def test_interval_top_shared_lr_and_growth_word():
     # Fails if NaNs enter the interval, if an empty input raises, if the shared top rate
     # counts a rate where one design did not train, or if the growth words do not follow
     # the factor-of-2 rule and the baseline.
-    from prenorm import GROWTH_WORDS, growth_word, interval_or_nan, top_shared_lr
+    from prenorm import growth_word, interval_or_nan, top_shared_lr
+    from prenorm.designs import GROWTH_WORDS
 
     e = interval_or_nan([1.0, float("nan"), 3.0])
     assert e.value == pytest.approx(2.0) and e.n == 2
