@@ -91,9 +91,9 @@ class Scale:
     eight, so that the half-width of the 95% *t*-interval, t(0.975, n - 1) s / sqrt(n) at
     the paired SD s = 0.015 nats that three seeds measured, is about 0.012 nats, below
     the claim's 0.02 (three seeds gave 0.036).
-    ``design_lrs``: chapter 9's learning rates for the designs after Pre-LN, one rate past
-    each end of where the development seeds (``design_seeds``) trained best, so that every
-    design's optimum is bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
+    ``design_lrs``: chapter 9's learning rates for the designs after Pre-LN, reaching one
+    rate past each end of ``wide_lrs``, on whose edges some designs' optima lay for the
+    development seeds (``design_seeds``), so that the optima are bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
     verdicts are judged on (at ``ci`` the development seeds, so the verdicts say they
     saw their own development data).
     """
@@ -240,7 +240,7 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=16384,
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
-            design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
             design_confirm_seeds=(2, 3),
         ),
     },
