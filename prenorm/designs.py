@@ -8,16 +8,21 @@ turn such a sweep's rows into the numbers the chapter compares:
   how much of a model's loss increase comes from its deeper layers, and
   :func:`share_summary` per design;
 - :func:`paired_medians`: every design against a baseline, paired by learning rate;
+- :func:`paired_estimates`, :func:`interval_or_nan`: the same pairs seed by seed, with
+  intervals; :func:`top_shared_lr`, :func:`growth_word`: the stream's comparison;
+- :func:`share_source`: whether a rise of the deep share comes from the deep layers or the
+  shallow ones;
 - :func:`seed_values`: a per-seed summary (:func:`~prenorm.lr_summary` with
   ``by_seed=True``) as a design-by-seed table;
 - :func:`lr_table`: each design's learning-rate curve summarised in one row;
 - :func:`stream_rms`: the residual stream's RMS at one probe step, learning rate by design;
+- :func:`with_diverged`: a learning rate by design table as text, a diverged cell as a word;
 
 and three small helpers for the prose: :func:`joined` (numbers as one string),
 :func:`~prenorm.compare` with its ``missing`` word for a design with no value, and
 :func:`~prenorm.glue_all` (glue one value per design). :func:`plot_by_design`,
 :func:`plot_stream_growth`, :func:`plot_stream_by_layer`, :func:`plot_layer_removal` and
-:func:`plot_strip` draw the chapter's figures (matplotlib is imported on first use).
+:func:`plot_share_vs_lr` draw the chapter's figures (matplotlib is imported on first use).
 """
 
 from __future__ import annotations
@@ -29,25 +34,34 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .stats import t_interval
 from .training import lr_summary
+from .verdicts import Estimate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
+    "GROWTH_WORDS",
     "deep_shares",
+    "growth_word",
+    "interval_or_nan",
     "joined",
     "lr_table",
+    "paired_estimates",
     "paired_medians",
     "plot_by_design",
     "plot_layer_removal",
     "plot_stream_by_layer",
     "plot_stream_growth",
-    "plot_strip",
+    "plot_share_vs_lr",
     "seed_values",
+    "share_source",
     "share_summary",
     "stream_rms",
+    "top_shared_lr",
+    "with_diverged",
 ]
 
 
@@ -75,11 +89,20 @@ def deep_shares(
       (0.5 for equal layers split in halves);
     - ``without_first``: the same share over the layers :math:`l \ge 1` only;
     - ``deep_increase`` :math:`= \sum_{l \ge s} \Delta_l^+` (nats);
-    - ``first_share`` :math:`= \Delta_0^+ / \sum_l \Delta_l^+`, layer 0's part.
+    - ``first_share`` :math:`= \Delta_0^+ / \sum_l \Delta_l^+`, layer 0's part;
+    - ``shallow_increase`` :math:`= \sum_{1 \le l < s} \Delta_l^+` (nats), the shallow
+      layers' summed increase without layer 0.
 
     A share whose denominator is 0 (no layer's removal hurts) is NaN."""
     by = list(by)
-    columns = [*by, "deep_share", "without_first", "deep_increase", "first_share"]
+    columns = [
+        *by,
+        "deep_share",
+        "without_first",
+        "deep_increase",
+        "first_share",
+        "shallow_increase",
+    ]
     rows = []
     for key, g in ablation.groupby(by):
         pos = g[value].clip(lower=0)
@@ -91,6 +114,7 @@ def deep_shares(
                 "without_first": _share(pos[lay > 0], lay[lay > 0] >= split),
                 "deep_increase": float(pos[lay >= split].sum()),
                 "first_share": _share(pos, lay == 0),
+                "shallow_increase": float(pos[(lay > 0) & (lay < split)].sum()),
             }
         )
     return pd.DataFrame(rows, columns=columns)
@@ -147,6 +171,89 @@ def paired_medians(
             {by: level, "median": float(diff.median()) if len(diff) else math.nan, "n": len(diff)}
         )
     return pd.DataFrame(rows, columns=[by, "median", "n"]).set_index(by)
+
+
+def interval_or_nan(values: Sequence[float] | pd.Series, level: float = 0.95) -> Estimate:
+    """The mean of the finite ``values`` with its Student-t interval
+    (:func:`~prenorm.t_interval`), or an :class:`~prenorm.Estimate` of NaNs with ``n = 0``
+    when there is none (no run trained): a prediction judged on it then fails rather than
+    the chapter stopping."""
+    v = pd.Series(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return Estimate(math.nan, math.nan, math.nan, n=0)
+    return t_interval(v.to_numpy(), level)
+
+
+def paired_estimates(
+    frame: pd.DataFrame,
+    by: str,
+    base: str,
+    values: Sequence[str],
+    levels: Sequence[str],
+    pair: Sequence[str] = ("lr", "seed"),
+    level: float = 0.95,
+) -> dict[tuple[str, str], Estimate]:
+    r"""Every level :math:`d` of ``levels`` (other than ``base``) against ``base``, for each
+    column of ``values``: the mean paired difference :math:`v_d - v_{\text{base}}` over the
+    rows paired by ``pair`` (a seed at a learning rate) at which both have a finite value,
+    with its Student-t interval at ``level`` (:func:`~prenorm.paired_difference`). Keyed by
+    (value, level); a level with no complete pair gets an Estimate of NaNs with ``n = 0``."""
+    out: dict[tuple[str, str], Estimate] = {}
+    for v in values:
+        wide = frame.pivot_table(index=list(pair), columns=by, values=v, aggfunc="first")
+        for d in levels:
+            if d == base:
+                continue
+            if d in wide.columns and base in wide.columns:
+                out[v, d] = interval_or_nan((wide[d] - wide[base]).dropna(), level)
+            else:
+                out[v, d] = Estimate(math.nan, math.nan, math.nan, n=0)
+    return out
+
+
+def top_shared_lr(
+    runs: pd.DataFrame, designs: Sequence[str], default: float, by: str = "placement"
+) -> float:
+    """The largest learning rate at which every design of ``designs`` trained (``runs``:
+    one row per cell with ``lr`` and ``outcome``), or ``default`` when there is none."""
+    ok = runs[(runs["outcome"] == "trained") & runs[by].isin(list(designs))]
+    counts = ok.groupby("lr")[by].nunique()
+    shared = counts[counts == len(set(designs))].index
+    return float(max(shared)) if len(shared) else float(default)
+
+
+#: How :func:`growth_word` reads a design's growth against a baseline's.
+GROWTH_WORDS = ("stops it", "limits it but does not stop it", "does not limit it")
+
+
+def growth_word(growth: float, baseline: float, stop: float = 2.0, missing: str = "") -> str:
+    """What a design does to the stream's growth over training, from its growth factor
+    (final / initial RMS) and the baseline's: ``"stops it"`` when it grows by at most
+    ``stop``; ``"limits it but does not stop it"`` when it grows more than that but less
+    than the baseline; ``"does not limit it"`` otherwise; ``missing`` when either is not a
+    finite number."""
+    if not (math.isfinite(growth) and math.isfinite(baseline)):
+        return missing
+    if growth <= stop:
+        return GROWTH_WORDS[0]
+    return GROWTH_WORDS[1] if growth < baseline else GROWTH_WORDS[2]
+
+
+def share_source(deep: Estimate, shallow: Estimate) -> str:
+    r"""Where a rise of the deep share against a baseline comes from, in words, from the
+    paired differences (design minus baseline, each with its interval) of the deep layers'
+    summed loss increase (``deep``) and of the shallow layers' (``shallow``, layer 0 left
+    out). ``"its deep layers doing more"`` when the deep difference's interval lies
+    above 0; ``"its shallow layers doing less"`` when the shallow one lies below 0 and the
+    deep one does not lie above it; otherwise ``"undecided"`` (both intervals reach 0)."""
+    if not (isinstance(deep, Estimate) and isinstance(shallow, Estimate)):
+        raise TypeError(f"share_source takes two Estimates, got {deep!r} and {shallow!r}")
+    if deep.lo > 0:
+        return "its deep layers doing more"
+    if shallow.hi < 0:
+        return "its shallow layers doing less"
+    return "undecided"
 
 
 def seed_values(
@@ -228,47 +335,64 @@ def plot_by_design(
     return ax
 
 
-def plot_strip(
-    frame: pd.DataFrame,
-    y: str,
+def plot_share_vs_lr(
+    shares: pd.DataFrame,
     designs: Sequence[str],
-    levels: Sequence[object],
     markers: Mapping[str, str],
     labels: Mapping[str, str],
+    panels: Mapping[str, tuple[str, float]],
     by: str = "placement",
-    level: str = "lr",
-    reference: float | None = None,
-    height: float = 3.0,
+    height: float = 3.4,
 ) -> Figure:
-    """Every value of ``y`` as a point above its design, spread left to right and from
-    pale to dark by its ``level`` (the learning rate, in the order of ``levels``), with a
-    bar at the design's median and a dashed line at ``reference``. Returns the figure."""
+    """One panel per entry of ``panels`` (column of ``shares`` -> (title, reference)):
+    that column against the learning rate (log axis), one line per design through the
+    mean over its seeds at each learning rate, in the design's colour and marker, each
+    seed's own value a small point of the same colour; a dashed line at the reference
+    (what equal layers would give). ``shares`` has one row per trained run
+    (:func:`deep_shares` by design, ``lr`` and ``seed``); with none, the panels are
+    empty. One legend below. Returns the figure."""
     import matplotlib.pyplot as plt
 
     from .plotting import PLACEMENT_COLORS, TEXT_WIDTH
 
-    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, height))
-    k = max(1, len(levels) - 1)
-    for i, d in enumerate(designs):
-        mine = frame[frame[by] == d]
-        for j, v in enumerate(levels):
-            g = mine[mine[level] == v]
-            ax.scatter(
-                [i + 0.5 * (j / k - 0.5)] * len(g),
-                g[y],
-                color=PLACEMENT_COLORS[d],
-                marker=markers[d],
-                s=32,
-                alpha=0.3 + 0.7 * j / k,
-            )
-        median = mine[y].median() if len(mine) else math.nan
-        ax.plot([i - 0.3, i + 0.3], [median] * 2, color="0.2", lw=2)
-    if reference is not None:
-        ax.axhline(reference, ls="--", color="0.5", lw=1)
-    ax.set_xticks(range(len(designs)), [labels[d] for d in designs])
-    ax.set_ylabel(y.replace("_", " "))
-    fig.tight_layout()
-    return fig
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(TEXT_WIDTH, height), sharey=True, squeeze=False
+    )
+    axes = axes[0]
+    for ax, (column, (title, ref)) in zip(axes, panels.items(), strict=True):
+        mean = shares.groupby([by, "lr"], as_index=False)[column].mean()
+        plot_by_design(mean, "lr", column, designs, ax, markers, labels, by=by)
+        for d in designs:
+            g = shares[shares[by] == d]
+            ax.scatter(g["lr"], g[column], s=10, color=PLACEMENT_COLORS[d], alpha=0.6, lw=0)
+        ax.axhline(ref, ls="--", color="0.5", lw=1)
+        if len(shares):  # a log axis needs a value (at ci no run may have trained)
+            ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(title, fontsize=11)
+    axes[0].set_ylabel("deep share")
+    return _legend_below(fig, axes[0])
+
+
+def with_diverged(
+    values: pd.DataFrame,
+    runs: pd.DataFrame,
+    by: str = "placement",
+    index: str = "lr",
+    word: str = "diverged",
+    digits: int = 3,
+) -> pd.DataFrame:
+    """``values`` (one row per level of ``index``, one column per level of ``by``) as
+    text rounded to ``digits``, where every cell whose run in ``runs`` (one row per cell,
+    with a boolean ``diverged``) diverged reads ``word`` instead of a number: a diverged
+    run has no final value to compare, only the last one before it blew up. A missing
+    value reads ``"-"``."""
+    if "diverged" not in runs.columns:
+        raise KeyError(f"runs needs a 'diverged' column; columns: {list(runs.columns)}")
+    flags = runs.pivot_table(index=index, columns=by, values="diverged", aggfunc="max")
+    flags = flags.reindex(index=values.index, columns=values.columns).fillna(0).astype(bool)
+    text = values.map(lambda v: "-" if pd.isna(v) else f"{float(v):.{digits}f}")
+    return text.mask(flags, word)
 
 
 def plot_stream_growth(

@@ -106,6 +106,11 @@ class Scale:
     ``train_seeds``) on which the predictions revised after ``train_seeds``' results were
     seen are judged; ``warmup_long_factor``: how many times ``grid_steps`` chapter 5's
     long runs of its hardest cell train, to tell a stalled run from a slow one.
+    ``design_lrs``: chapter 9's learning rates for the designs after Pre-LN, reaching one
+    rate past each end of ``wide_lrs``, on whose edges some designs' optima lay for the
+    development seeds (``design_seeds``), so that the optima are bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
+    verdicts are judged on (at ``ci`` the development seeds, so the verdicts say they
+    saw their own development data).
     """
 
     name: str
@@ -142,6 +147,8 @@ class Scale:
     highway_confirm_seeds: tuple[int, ...]
     warmup_confirm_seeds: tuple[int, ...]
     warmup_long_factor: int
+    design_lrs: tuple[float, ...]
+    design_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -192,6 +199,8 @@ PRESETS: Registry[Scale] = Registry(
             highway_confirm_seeds=(1, 2),
             warmup_confirm_seeds=(1,),
             warmup_long_factor=2,
+            design_lrs=(1e-3, 1e-2),
+            design_confirm_seeds=(0, 1),
         ),
         "cpu": Scale(
             name="cpu",
@@ -228,6 +237,8 @@ PRESETS: Registry[Scale] = Registry(
             highway_confirm_seeds=(2, 3),
             warmup_confirm_seeds=(2, 3),
             warmup_long_factor=4,
+            design_lrs=(1e-4, 5e-4, 2.5e-3, 1.25e-2, 6.25e-2),
+            design_confirm_seeds=(2, 3),
         ),
         "gpu": Scale(
             name="gpu",
@@ -264,6 +275,8 @@ PRESETS: Registry[Scale] = Registry(
             highway_confirm_seeds=(3, 4, 5),
             warmup_confirm_seeds=(3, 4),
             warmup_long_factor=4,
+            design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+            design_confirm_seeds=(2, 3),
         ),
     },
 )

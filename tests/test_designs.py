@@ -60,15 +60,23 @@ def test_deep_shares_count_only_harmful_removals_and_split_at_the_deep_half():
     from prenorm import deep_shares
 
     s = deep_shares(_ablation(), ["placement", "lr"], split=2).set_index(["placement", "lr"])
-    assert list(s.columns) == ["deep_share", "without_first", "deep_increase", "first_share"]
+    assert list(s.columns) == [
+        "deep_share",
+        "without_first",
+        "deep_increase",
+        "first_share",
+        "shallow_increase",
+    ]
     a, b, c = s.loc[("pre", 1e-3)], s.loc[("pre", 1e-2)], s.loc[("lns", 1e-3)]
     assert a.deep_share == pytest.approx(0.2 / 1.0)
     assert a.without_first == pytest.approx(0.2 / 0.4)
     assert a.deep_increase == pytest.approx(0.2)
     assert a.first_share == pytest.approx(0.6)
+    assert a.shallow_increase == pytest.approx(0.2)  # layer 1 only: layer 0 is left out
     assert b.deep_share == pytest.approx(0.5 / 1.0)
     assert b.without_first == pytest.approx(1.0)  # layer 1's -0.1 counts as 0
     assert b.first_share == pytest.approx(0.5)
+    assert b.shallow_increase == 0  # layer 1's -0.1 counts as 0
     assert math.isnan(c.deep_share) and math.isnan(c.without_first) and c.deep_increase == 0
     empty = deep_shares(_ablation().iloc[:0], ["placement", "lr"], split=2)
     assert len(empty) == 0 and "deep_share" in empty.columns
@@ -226,9 +234,9 @@ def test_plots_draw_one_line_per_design():
     from prenorm import (
         PLACEMENT_COLORS,
         plot_layer_removal,
+        plot_share_vs_lr,
         plot_stream_by_layer,
         plot_stream_growth,
-        plot_strip,
     )
 
     designs, markers = ["pre", "peri"], {"pre": "o", "peri": "s"}
@@ -256,12 +264,112 @@ def test_plots_draw_one_line_per_design():
     ]
     shares = pd.DataFrame(
         {
-            "placement": ["pre", "pre", "peri"],
-            "lr": [1e-3, 1e-2, 1e-3],
-            "deep_share": [0.2, 0.4, 0.5],
+            "placement": ["pre", "pre", "pre", "peri"],
+            "lr": [1e-3, 1e-3, 1e-2, 1e-3],
+            "seed": [0, 1, 0, 0],
+            "deep_share": [0.2, 0.4, 0.5, 0.6],
+            "without_first": [0.1, 0.3, 0.5, 0.7],
         }
     )
-    fig = plot_strip(shares, "deep_share", designs, [1e-3, 1e-2], markers, labels, reference=0.5)
-    medians = [ln.get_ydata()[0] for ln in fig.axes[0].get_lines()[:2]]
-    assert medians == pytest.approx([0.3, 0.5])
+    panels = {"deep_share": ("all layers", 0.5), "without_first": ("without layer 0", 0.4)}
+    fig = plot_share_vs_lr(shares, designs, markers, labels, panels)
+    assert len(fig.axes) == 2
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label()[0] != "_"]
+    # one line per design, through the mean over seeds: pre at 1e-3 is (0.2 + 0.4) / 2
+    assert [ln.get_label() for ln in lines] == ["Pre-LN", "Peri-LN"]
+    assert list(lines[0].get_xdata()) == [1e-3, 1e-2]
+    assert list(lines[0].get_ydata()) == pytest.approx([0.3, 0.5])
+    assert fig.axes[1].get_xscale() == "log"
+    refs = [ln.get_ydata()[0] for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"]
+    assert refs == [0.4]
+    empty = plot_share_vs_lr(shares.iloc[:0], designs, markers, labels, panels)
+    empty.canvas.draw()  # no trained run: empty panels, no log-axis error
     plt.close("all")
+
+
+def test_with_diverged_shows_a_diverged_cell_as_a_word_not_a_number():
+    # Fails if a diverged cell keeps its (meaningless) last loss, if a trained cell is
+    # masked, if the numbers are rounded otherwise, or if a missing cell reads as a number.
+    from prenorm import with_diverged
+
+    runs = pd.DataFrame(
+        {
+            "placement": ["pre", "pre", "mixln", "mixln"],
+            "lr": [1e-3, 1e-2, 1e-3, 1e-2],
+            "final_val_loss": [2.12345, 2.5, 2.2, 3.9],
+            "diverged": [False, False, False, True],
+        }
+    )
+    values = runs.pivot(index="lr", columns="placement", values="final_val_loss")
+    values.loc[1e-1] = [float("nan"), 2.0]
+    t = with_diverged(values, runs)
+    assert t.loc[1e-2, "mixln"] == "diverged"
+    assert t.loc[1e-3, "pre"] == "2.123" and t.loc[1e-2, "pre"] == "2.500"
+    assert t.loc[1e-1, "mixln"] == "-"
+    with pytest.raises(KeyError, match="diverged"):
+        with_diverged(values, runs.drop(columns="diverged"))
+
+
+def test_share_source_decides_only_outside_the_intervals():
+    # Fails if an interval that reaches 0 decides (the third and fourth cases would name a
+    # source), if a deep rise that is sure loses to a shallow fall, or if a non-Estimate
+    # is accepted.
+    from prenorm import Estimate, share_source
+
+    up, down, zero = Estimate(0.02, 0.01, 0.03), Estimate(-0.02, -0.03, -0.01), Estimate(0, -1, 1)
+    assert share_source(up, down) == "its deep layers doing more"
+    assert share_source(zero, down) == "its shallow layers doing less"
+    assert share_source(zero, zero) == "undecided"
+    assert share_source(Estimate(-0.02, -0.03, 0.001), zero) == "undecided"
+    with pytest.raises(TypeError, match="Estimates"):
+        share_source(0.1, down)
+
+
+def test_paired_estimates_pair_seed_and_learning_rate_and_give_intervals():
+    # Fails if runs are paired across seeds or learning rates (lns's lone (1e-1, 0) would
+    # enter), if the difference is taken the wrong way round, if the interval is not the
+    # t-interval of the differences, or if a design with no pair raises instead of giving
+    # NaN with n = 0. By hand: lns - pre at (1e-3, 0), (1e-3, 1), (1e-2, 0) = 0.3, 0.1, 0.2.
+    from prenorm import paired_estimates, t_interval
+
+    frame = pd.DataFrame(
+        {
+            "placement": ["pre"] * 3 + ["lns"] * 4,
+            "lr": [1e-3, 1e-3, 1e-2, 1e-3, 1e-3, 1e-2, 1e-1],
+            "seed": [0, 1, 0, 0, 1, 0, 0],
+            "v": [0.2, 0.4, 0.6, 0.5, 0.5, 0.8, 9.0],
+        }
+    )
+    est = paired_estimates(frame, "placement", "pre", ["v"], ["pre", "lns", "mixln"])
+    assert set(est) == {("v", "lns"), ("v", "mixln")}
+    e = est["v", "lns"]
+    assert e.value == pytest.approx(0.2) and e.n == 3
+    ref = t_interval([0.3, 0.1, 0.2])
+    assert (e.lo, e.hi) == pytest.approx((ref.lo, ref.hi))
+    assert math.isnan(est["v", "mixln"].value) and est["v", "mixln"].n == 0
+
+
+def test_interval_top_shared_lr_and_growth_word():
+    # Fails if NaNs enter the interval, if an empty input raises, if the shared top rate
+    # counts a rate where one design did not train, or if the growth words do not follow
+    # the factor-of-2 rule and the baseline.
+    from prenorm import growth_word, interval_or_nan, top_shared_lr
+    from prenorm.designs import GROWTH_WORDS
+
+    e = interval_or_nan([1.0, float("nan"), 3.0])
+    assert e.value == pytest.approx(2.0) and e.n == 2
+    assert math.isnan(interval_or_nan([]).value)
+    runs = pd.DataFrame(
+        {
+            "placement": ["pre", "pre", "peri", "peri"],
+            "lr": [1e-3, 1e-2, 1e-3, 1e-2],
+            "outcome": ["trained", "diverged", "trained", "trained"],
+        }
+    )
+    assert top_shared_lr(runs, ["pre", "peri"], default=9.0) == 1e-3
+    assert top_shared_lr(runs, ["peri"], default=9.0) == 1e-2
+    assert top_shared_lr(runs, ["pre", "lns"], default=9.0) == 9.0
+    assert growth_word(1.5, 30.0) == GROWTH_WORDS[0]
+    assert growth_word(5.0, 30.0) == GROWTH_WORDS[1]
+    assert growth_word(40.0, 30.0) == GROWTH_WORDS[2]
+    assert growth_word(float("nan"), 30.0, missing="n/a") == "n/a"
