@@ -284,7 +284,7 @@ class AlphaSweep:
     pt_default_trained: bool  #: DyT at the default alpha0 trained with PyTorch's init
 
     def story(self, n_trained: int, n_lrs: int) -> str:
-        """The sweep in clauses that follow its numbers, given that DyT (default
+        r"""The sweep in clauses that follow its numbers, given that DyT (default
         :math:`\alpha_0`, base init) trained at ``n_trained`` of the ``n_lrs`` learning
         rates of the first sweep. "Trained" is :func:`~prenorm.outcome`'s word."""
         base = INIT_LABELS.get(self.base_init, self.base_init)
