@@ -443,6 +443,28 @@ class AttentionLogits:
         """The end values, one row per design (in ``order``), one column per learning rate."""
         return self.end.pivot(index="design", columns="lr", values="max_logit").reindex(list(order))
 
+    def table(self, runs: pd.DataFrame, order: Sequence[str] = DESIGNS) -> pd.DataFrame:
+        """:meth:`wide` as text: a cell that diverged (``runs``: one row per cell with
+        ``design``, ``lr``, ``diverged`` and ``diverged_at``) reads ``"diverged (step k)"``,
+        ``k`` its earliest stop, instead of the logit at the last step it reached."""
+        text = self.wide(order).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        for r in runs[runs.diverged.astype(bool)].itertuples():
+            if r.design in text.index and r.lr in text.columns:
+                text.loc[r.design, r.lr] = f"diverged (step {int(r.diverged_at)})"
+        return text
+
+    def end_phrase(self, design: str, runs: pd.DataFrame, lr: float) -> str:
+        """``"<design>'s ends at <value>"``, or, if ``design`` diverged at ``lr`` (``runs``
+        as in :meth:`table`), ``"<design> diverged there (by step k), so it has no end
+        value"``; the value is read at ``lr`` (:meth:`value` reads the largest learning
+        rate)."""
+        cell = runs[(runs.design == design) & (runs.lr == lr)]
+        if len(cell) and cell.diverged.astype(bool).any():
+            k = int(cell.diverged_at.min())
+            return f"{design} diverged there (by step {k}), so it has no end value"
+        v = self.end[(self.end.design == design) & (self.end.lr == lr)].max_logit
+        return f"{design}'s ends at {float(v.iloc[0]):.1f}" if len(v) else f"{design} was not run"
+
 
 def attention_logits(probes: pd.DataFrame, lr_top: float) -> AttentionLogits:
     """Sum up ``max_attention_logits`` probe rows (``design``, ``lr``, ``step``,

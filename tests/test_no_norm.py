@@ -333,6 +333,29 @@ def test_attention_logits_takes_the_largest_layer_at_each_cells_last_step():
     assert lg.top.max_logit.max() == 40.0
 
 
+def test_logit_table_and_phrase_show_a_diverged_cell_as_diverged():
+    # Fails if the diverged Pre-LN cell at lr 0.1 shows its logit (40.0, read at step 2,
+    # where it stopped) as if it were an end value.
+    lg = P.attention_logits(_logit_rows(), 0.1)
+    runs = pd.DataFrame(
+        {
+            "design": ["Pre-LN", "Pre-LN", "ReZero"],
+            "lr": [0.01, 0.1, 0.1],
+            "diverged": [False, True, False],
+            "diverged_at": [np.nan, 2.0, np.nan],
+        }
+    )
+    t = lg.table(runs)
+    assert t.loc["Pre-LN", 0.1] == "diverged (step 2)"
+    assert t.loc["Pre-LN", 0.01] == "3.0" and t.loc["ReZero", 0.1] == "1.5"
+    assert t.loc["DyT", 0.1] == ""  # not run
+    assert lg.end_phrase("Pre-LN", runs, 0.1) == (
+        "Pre-LN diverged there (by step 2), so it has no end value"
+    )
+    assert lg.end_phrase("ReZero", runs, 0.1) == "ReZero's ends at 1.5"
+    assert lg.end_phrase("DyT", runs, 0.1) == "DyT was not run"
+
+
 def test_logit_ratio_by_seed_reads_each_seeds_own_rows():
     # seed 2 is _logit_rows (ratio 40 / 4 = 10); seed 3 doubles Pre-LN's logits (ratio 20).
     # Fails if the seeds were pooled (the largest over seeds would give 80 / 4 for both).
