@@ -240,7 +240,7 @@ PRESETS: Registry[Scale] = Registry(
             speed_tokens=16384,
             speed_repeats=30,
             quality_seeds=tuple(range(8)),
-            nonorm_seeds=(2, 3, 4),
+            nonorm_seeds=(2, 3),
             nonorm_alphas=(0.125, 0.5, 2.0, 8.0),
         ),
     },
