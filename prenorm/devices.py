@@ -111,6 +111,11 @@ class Scale:
     development seeds (``design_seeds``), so that the optima are bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
     verdicts are judged on (at ``ci`` the development seeds, so the verdicts say they
     saw their own development data).
+    ``nonorm_seeds``: the seeds of chapter 10's designs (ReZero, DyT, QK-norm), fresh
+    ones: ``design_seeds`` were the development seeds of its predictions revised after
+    earlier builds, so the verdicts rest on these alone. ``nonorm_alphas``: the values
+    of DyT's initial alpha swept at the middle learning rate (0.5, Zhu et al.'s default,
+    among them).
     """
 
     name: str
@@ -149,6 +154,8 @@ class Scale:
     warmup_long_factor: int
     design_lrs: tuple[float, ...]
     design_confirm_seeds: tuple[int, ...]
+    nonorm_seeds: tuple[int, ...]
+    nonorm_alphas: tuple[float, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -201,6 +208,8 @@ PRESETS: Registry[Scale] = Registry(
             warmup_long_factor=2,
             design_lrs=(1e-3, 1e-2),
             design_confirm_seeds=(0, 1),
+            nonorm_seeds=(2, 3),
+            nonorm_alphas=(0.5, 2.0),
         ),
         "cpu": Scale(
             name="cpu",
@@ -239,6 +248,8 @@ PRESETS: Registry[Scale] = Registry(
             warmup_long_factor=4,
             design_lrs=(1e-4, 5e-4, 2.5e-3, 1.25e-2, 6.25e-2),
             design_confirm_seeds=(2, 3),
+            nonorm_seeds=(2, 3),
+            nonorm_alphas=(0.125, 0.5, 2.0, 8.0),
         ),
         "gpu": Scale(
             name="gpu",
@@ -277,6 +288,8 @@ PRESETS: Registry[Scale] = Registry(
             warmup_long_factor=4,
             design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
             design_confirm_seeds=(2, 3),
+            nonorm_seeds=(2, 3),
+            nonorm_alphas=(0.125, 0.5, 2.0, 8.0),
         ),
     },
 )

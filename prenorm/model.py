@@ -157,6 +157,12 @@ class TransformerLM(nn.Module):
     split by ``mix_ratio``, default 0.25); :attr:`layer_placements` lists the result and
     each block's ``placement`` is its own. ``qk_norm`` adds per-head QK-norm to every
     attention; ``alpha0`` is DyT's initial :math:`\alpha` (``norm="dyt"`` only).
+    ``emb_scale=True`` multiplies the embeddings by one learnable scalar
+    :math:`s`, :math:`x_0 = s\,(E[\text{tokens}] + P[\text{positions}])`, initialized to
+    :math:`s = \sqrt{d}` under every scheme: the scalar that Zhu et al.'s LLaMA code for
+    DyT puts after the token embedding (``shared_scale``; LLaMA has rotary positions and
+    no position table, so there the scalar multiplies the whole input of the first block,
+    as it does here).
     :meth:`describe` gives the names that identify the model in every table.
     """
 
@@ -176,8 +182,11 @@ class TransformerLM(nn.Module):
         qk_norm: bool = False,
         mix_ratio: float | None = None,
         alpha0: float | None = None,
+        emb_scale: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(emb_scale, bool):
+            raise ValueError(f"emb_scale must be True or False, got {emb_scale!r}")
         for name, value in (
             ("vocab_size", vocab_size),
             ("d_model", d_model),
@@ -227,6 +236,8 @@ class TransformerLM(nn.Module):
                 make_norm(norm, d_model, bias, alpha0) if spec.final_norm else nn.Identity()
             )
             self.head = nn.Linear(d_model, vocab_size, bias=False)
+        #: The learnable scalar on the embeddings (``emb_scale=True``), else ``None``.
+        self.emb_scale = nn.Parameter(torch.ones(())) if emb_scale else None
         self.reset_parameters(init)
 
     def describe(self) -> dict[str, object]:
@@ -234,7 +245,7 @@ class TransformerLM(nn.Module):
         :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
         ``n_layers`` and ``d_model``; and, only where they apply, so that part 1's
         tables keep their columns, ``mix_ratio`` (``"mixln"``), ``alpha0`` (DyT) and
-        ``qk_norm`` (``True`` when the model has it). Frames that mix models with and
+        ``qk_norm`` and ``emb_scale`` (``True`` when the model has them). Frames that mix models with and
         without these keys get NaN there (``df.fillna({"qk_norm": False})``)."""
         meta: dict[str, object] = {
             "placement": self.placement,
@@ -249,13 +260,16 @@ class TransformerLM(nn.Module):
             meta["alpha0"] = self.alpha0
         if self.qk_norm:
             meta["qk_norm"] = True
+        if self.emb_scale is not None:
+            meta["emb_scale"] = True
         return meta
 
     @torch.no_grad()
     def reset_parameters(self, init: str | None = None) -> None:
         r"""(Re-)initialize every weight with the scheme ``init`` (default: the model's):
         every module back to its framework default (norms to :math:`\gamma=1`,
-        :math:`\beta=0`, DyT's :math:`\alpha` to :math:`\alpha_0`, ReZero's gates to 0), then the scheme's own draws, all from the global RNG. Under
+        :math:`\beta=0`, DyT's :math:`\alpha` to :math:`\alpha_0`, ReZero's gates to 0, the
+        embedding scale, if any, to :math:`\sqrt{d}`), then the scheme's own draws, all from the global RNG. Under
         ``torch.manual_seed(s)`` the result equals a fresh model built under the same
         seed (:func:`build_model` with ``seed=s``), whatever training did before."""
         init = INITS.check(init or self.init_scheme)
@@ -263,11 +277,14 @@ class TransformerLM(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+        if self.emb_scale is not None:
+            self.emb_scale.fill_(math.sqrt(self.d_model))
         INITS[init](self)
 
     # ---- forward ----------------------------------------------------------
     def embed(self, idx: Tensor, check: bool = True) -> Tensor:
-        """Token plus position embeddings: the residual stream entering layer 0.
+        """Token plus position embeddings (times the learnable scalar of ``emb_scale``,
+        if the model has one): the residual stream entering layer 0.
 
         With ``check`` (the default) token ids outside ``[0, vocab_size)`` raise a
         ``ValueError``; the check reads the ids' range, which on a GPU waits for the
@@ -286,7 +303,8 @@ class TransformerLM(nn.Module):
         if check:
             self._check_tokens(idx)
         pos = torch.arange(T, device=idx.device)
-        return self.tok_emb(idx) + self.pos_emb(pos)
+        x = self.tok_emb(idx) + self.pos_emb(pos)
+        return x if self.emb_scale is None else self.emb_scale * x
 
     def _check_tokens(self, idx: Tensor) -> None:
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.vocab_size):

@@ -109,3 +109,29 @@ def test_bad_alpha0_names_the_value_and_the_norms_that_take_it():
         P.TransformerLM(11, 16, 1, 2, 8, norm="dyt", alpha0=-2)
     with pytest.raises(ValueError, match=r"alpha must be a scalar, got shape \(2,\)"):
         dyt_jacobian(torch.randn(3, 4), torch.ones(2))
+
+
+def test_emb_scale_is_one_learnable_scalar_at_sqrt_d_on_the_whole_embedding():
+    # Zhu et al.'s LLaMA code for DyT multiplies the embedding by a learnable scalar
+    # initialized to sqrt(d). Fails if the scalar is missing, starts elsewhere, scales only
+    # the token table, is not trained, or survives a reset at its trained value.
+    kw = dict(vocab_size=11, d_model=16, n_layers=2, n_heads=2, seq_len=8, norm="dyt")
+    plain = P.build_model(seed=4, **kw)
+    scaled = P.build_model(seed=4, emb_scale=True, **kw)
+    assert plain.emb_scale is None and "emb_scale" not in plain.describe()
+    assert scaled.describe()["emb_scale"] is True
+    assert scaled.emb_scale.item() == pytest.approx(4.0)  # sqrt(16)
+    assert scaled.emb_scale.requires_grad
+    assert any(p is scaled.emb_scale for p in scaled.parameters())
+    idx = torch.randint(0, 11, (3, 8))
+    # same draws otherwise, so the embeddings differ by exactly the factor sqrt(d)
+    assert torch.allclose(scaled.embed(idx), 4.0 * plain.embed(idx), atol=1e-6)
+    _, loss = scaled(idx, idx)
+    loss.backward()
+    assert scaled.emb_scale.grad is not None and scaled.emb_scale.grad.abs() > 0
+    with torch.no_grad():
+        scaled.emb_scale.fill_(0.5)
+    scaled.reset_parameters("gpt2_scaled")
+    assert scaled.emb_scale.item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="emb_scale must be True or False, got 1"):
+        P.TransformerLM(emb_scale=1, **kw)

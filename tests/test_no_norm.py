@@ -33,6 +33,17 @@ def test_design_of_names_each_row_with_rezero_then_dyt_then_qk_norm_first():
     ]
     # a sweep whose grids never set qk_norm has no such column
     assert P.design_of(frame.drop(columns="qk_norm")).tolist()[:2] == ["Pre-LN", "Pre-LN"]
+    # the embedding scale names DyT's variant, and only DyT's (fails if a LayerNorm run
+    # with the scale, or a DyT run without it, were read as DYT_EMB)
+    emb = frame.assign(emb_scale=[True, False, True, True, np.nan, False])
+    assert P.design_of(emb).tolist() == [
+        "Pre-LN",
+        "Pre-LN + QK-norm",
+        "ReZero",
+        P.DYT_EMB,
+        "ReZero",
+        "Pre-LN",
+    ]
 
 
 def test_design_colors_are_the_books_colours_in_design_order():
@@ -44,6 +55,8 @@ def test_design_colors_are_the_books_colours_in_design_order():
     assert colors["ReZero"] == PLACEMENT_COLORS["rezero"]
     assert colors["DyT"] == NORM_COLORS["dyt"]
     assert len(set(colors.values())) == 4  # four lines told apart
+    five = P.design_colors(emb_scale=True)
+    assert list(five) == [*P.DESIGNS, P.DYT_EMB] and len(set(five.values())) == 5
 
 
 def test_descent_targets_and_the_last_target_is_the_minimum_exactly():
@@ -115,51 +128,138 @@ def test_worst_speedup_by_seed_uses_the_given_targets_on_each_seed():
     # seed 0 never reaches 2: worst 0; seed 1: 10/5 = 15/7.5 = 20/10 = 2
     assert worst.index.tolist() == [0, 1]
     assert worst.tolist() == pytest.approx([0.0, 2.0])
+    every = P.speedups_by_seed(pd.concat([seed1, seed0]), {"A": 0.1, "B": 0.01}, "A", "B", targets)
+    assert every.columns.tolist() == [0.5, 0.75, 1.0] and every.index.tolist() == [0, 1]
+    assert every.loc[0].tolist() == pytest.approx([10 / 6, 15 / 8, 0.0])
+    assert every.loc[1].tolist() == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_seed_estimate_is_the_t_interval_on_the_values_or_their_logs():
+    # two seeds: t(0.975, 1) = 12.706; mean 1.5, s = 0.7071, half-width 12.706 * 0.5 = 6.353
+    e = P.seed_estimate([1.0, 2.0])
+    assert (e.value, e.n) == (1.5, 2)
+    assert e.hi - e.value == pytest.approx(12.7062 * 0.5, rel=1e-4)
+    # on the log scale: geometric mean 20 of 10 and 40; log10 40 - log10 10 = 0.60206, so
+    # the half-width in log10 is 12.706 * 0.60206 / 2; fails if the log interval were not
+    # carried back, or the arithmetic mean (25) were taken
+    g = P.seed_estimate([10.0, 40.0], log=True)
+    assert g.value == pytest.approx(20.0)
+    assert g.hi == pytest.approx(20.0 * 10 ** (12.7062 * 0.30103), rel=1e-3)
+    assert g.lo == pytest.approx(20.0 / 10 ** (12.7062 * 0.30103), rel=1e-3)
+    # a spread that cannot be measured decides nothing: the interval is the whole line
+    for values in ([3.0], [2.0, math.inf]):
+        u = P.seed_estimate(values)
+        assert (u.lo, u.hi) == (-math.inf, math.inf)
+    assert P.seed_estimate([2.0, math.inf]).value == math.inf
+    pred = P.Prediction("speed-up", ">", 1.0)
+    assert pred.outcome(P.seed_estimate([2.0, math.inf])) == "undecided"
+    assert pred.outcome(P.seed_estimate([3.0, 3.1])) == "holds"
+    with pytest.raises(ValueError, match="one number per seed"):
+        P.seed_estimate([1.0, math.nan])
+    with pytest.raises(ValueError, match="positive values"):
+        P.seed_estimate([1.0, 0.0], log=True)
+
+
+def test_interval_word_needs_the_whole_interval_on_one_side_of_zero():
+    # Fails if the point value alone decided (-0.5 with an interval reaching +0.1).
+    assert P.interval_word(P.Estimate(-0.5, -0.9, -0.1)) == "lowered"
+    assert P.interval_word(P.Estimate(-0.5, -1.1, 0.1)) == "did not measurably change"
+    assert P.interval_word(P.Estimate(0.3, 0.1, 0.5)) == "raised"
+    assert P.interval_word(P.seed_estimate([0.3])) == "did not measurably change"
+    assert P.interval_word(P.Estimate(1, 0.5, 2), ("a", "b", "c")) == "c"
+
+
+def test_cell_table_prints_a_diverged_cell_as_diverged_never_as_a_loss():
+    # Fails if a cell in which one seed diverged shows its pooled loss (3.0 here: the
+    # mean of 2.0 and the diverged seed's last loss 4.0).
+    runs = pd.DataFrame(
+        {
+            "design": ["A", "A", "A", "A", "B", "B"],
+            "lr": [0.1, 0.1, 1.0, 1.0, 0.1, 0.1],
+            "seed": [2, 3, 2, 3, 2, 3],
+            "final_val_loss": [2.0, 2.2, 2.0, 4.0, 1.5, 1.5],
+            "diverged": [False, False, False, True, False, False],
+        }
+    )
+    t = P.cell_table(runs, "design", "lr", order=["B", "A", "C"])
+    assert t.index.tolist() == ["B", "A", "C"]
+    assert t.loc["A", 0.1] == "2.100" and t.loc["B", 0.1] == "1.500"
+    assert t.loc["A", 1.0] == "diverged (1 of 2)"
+    assert t.loc["B", 1.0] == "" and t.loc["C"].tolist() == ["", ""]
+    with pytest.raises(KeyError, match="diverged"):
+        P.cell_table(runs.drop(columns="diverged"), "design", "lr")
 
 
 def _alpha_runs():
     return pd.DataFrame(
         [
-            ("Pre-LN", "gpt2", np.nan, 0.01, 3.40, "stalled"),
-            ("Pre-LN", "pytorch", np.nan, 0.01, 3.41, "stalled"),
-            ("DyT", "gpt2", 0.5, 0.01, 3.43, "stalled"),
-            ("DyT", "gpt2", 2.0, 0.01, 3.44, "stalled"),
-            ("DyT", "pytorch", 0.5, 0.01, 3.20, "trained"),
-            ("DyT", "pytorch", 2.0, 0.01, 3.10, "trained"),
-            ("DyT", "gpt2", 0.5, 0.001, 3.00, "trained"),  # another lr: ignored
-            ("ReZero", "gpt2", np.nan, 0.01, 2.00, "trained"),  # another design: ignored
+            ("Pre-LN", "gpt2_scaled", np.nan, 0.01, 3.40, "stalled", False),
+            ("Pre-LN", "pytorch", np.nan, 0.01, 3.41, "stalled", False),
+            ("DyT", "gpt2_scaled", 0.5, 0.01, 3.43, "stalled", False),
+            ("DyT", "gpt2_scaled", 2.0, 0.01, 3.44, "stalled", False),
+            ("DyT", "gpt2_scaled", 8.0, 0.01, 1.00, "diverged", True),  # last loss, not final
+            ("DyT", "pytorch", 0.5, 0.01, 3.20, "trained", False),
+            ("DyT", "pytorch", 2.0, 0.01, 3.10, "trained", False),
+            ("DyT", "gpt2_scaled", 0.5, 0.001, 3.00, "trained", False),  # another lr
+            ("DyT", "gpt2", 0.5, 0.01, 2.90, "trained", False),  # another init: ignored
+            ("ReZero", "gpt2_scaled", np.nan, 0.01, 2.00, "trained", False),  # another design
         ],
-        columns=["design", "init", "alpha0", "lr", "final_val_loss", "outcome"],
+        columns=["design", "init", "alpha0", "lr", "final_val_loss", "outcome", "diverged"],
     )
 
 
 def test_alpha_sweep_sums_up_the_cells_at_one_learning_rate():
+    # Fails if the diverged cell's last loss (1.00) counts as DyT's best, another
+    # learning rate, init or design leaks in, or the story's words do not follow the counts.
     a = P.alpha_sweep(_alpha_runs(), 0.01)
     assert a.values() == pytest.approx(
-        {"ln_pt": 3.41, "dyt_pt": 3.20, "dyt_pt_best": 3.10, "dyt_gpt2_any": 3.43}
+        {
+            "ln_base": 3.40,
+            "ln_pt": 3.41,
+            "dyt_pt": 3.20,
+            "dyt_pt_best": 3.10,
+            "dyt_base_best": 3.43,
+            "best_alpha0": 0.5,
+        }
     )
-    assert (a.n_rescued, a.n_alphas, a.pt_default_trained) == (0, 2, True)
-    assert len(a.table) == 6 and set(a.table.design) == {"DyT", "Pre-LN"}
-    assert a.table.init.tolist() == ["gpt2"] * 3 + ["pytorch"] * 3
+    assert (a.n_rescued, a.n_alphas, a.pt_default_trained) == (0, 3, True)
+    assert len(a.table) == 7 and set(a.table.design) == {"DyT", "Pre-LN"}
+    assert a.table.init.tolist() == ["gpt2_scaled"] * 4 + ["pytorch"] * 3
+    assert a.table.final_val_loss.isna().sum() == 1  # the diverged cell has no loss
+    assert a.points.empty
     assert a.story(1, 3) == (
         "As a drop-in for LayerNorm in this book's recipe, DyT trained at 1 of the 3 "
-        "learning rates. At the middle learning rate, 0 of the 2 values of α₀ trained with "
-        "GPT-2's initialization, so one scalar did not make up the difference; with "
-        "PyTorch's initialization and the default α₀ the same DyT trained."
+        "learning rates. At the middle learning rate it trained at 0 of the 3 values of α₀ "
+        "tried with GPT-2's initialization at GPT-2 small's gain, so no value of that one "
+        "scalar made up for the norm; with PyTorch's default initialization and the "
+        "default α₀ it trained."
     )
     # without the PyTorch cells: a NaN loss and "did not train either"
-    b = P.alpha_sweep(_alpha_runs().query("init == 'gpt2'"), 0.01)
+    b = P.alpha_sweep(_alpha_runs().query("init != 'pytorch'"), 0.01)
     assert math.isnan(b.dyt_pt) and not b.pt_default_trained
-    assert b.story(0, 3).endswith("the same DyT did not train either.")
+    assert b.story(0, 3).endswith("it did not train either.")
+    # one alpha0 trains under the base init: no "either", no "made up for"
+    rescued = _alpha_runs()
+    rescued.loc[3, "outcome"] = "trained"
+    c = P.alpha_sweep(rescued.query("init != 'pytorch'"), 0.01)
+    assert c.n_rescued == 1 and "made up" not in c.story(0, 3)
+    assert c.story(0, 3).endswith("it did not train.")
+    assert P.alpha_sweep(rescued, 0.01).story(0, 3).endswith("it trained as well.")
+    # the seed rows are kept for the figure, filtered like the cells
+    seeds = _alpha_runs().assign(seed=2)
+    assert len(P.alpha_sweep(_alpha_runs(), 0.01, by_seed=seeds).points) == 7
+    with pytest.raises(ValueError, match="base_init"):
+        P.alpha_sweep(_alpha_runs(), 0.01, base_init="pytorch")
 
 
 def _stream(end_gpt2, end_pt=2.0):
     rows = [
-        ("DyT", "gpt2", 0.5, 0.01, 0, 0.03),
-        ("DyT", "gpt2", 0.5, 0.01, 30, end_gpt2),
+        ("DyT", "gpt2_scaled", 0.5, 0.01, 0, 0.03),
+        ("DyT", "gpt2_scaled", 0.5, 0.01, 30, end_gpt2),
         ("DyT", "pytorch", 0.5, 0.01, 30, end_pt),
-        ("DyT", "gpt2", 2.0, 0.01, 30, 1e6),  # another alpha0
-        ("Pre-LN", "gpt2", np.nan, 0.01, 30, 1e6),  # another design
+        ("DyT", "gpt2", 0.5, 0.01, 30, 1e6),  # another init
+        ("DyT", "gpt2_scaled", 2.0, 0.01, 30, 1e6),  # another alpha0
+        ("Pre-LN", "gpt2_scaled", np.nan, 0.01, 30, 1e6),  # another design
     ]
     frame = pd.DataFrame(rows, columns=["design", "init", "alpha0", "lr", "step", "rms"])
     frame = frame.assign(probe="residual_norms", layer=4, n_layers=4)
@@ -169,14 +269,24 @@ def _stream(end_gpt2, end_pt=2.0):
 
 def test_dyt_stream_growth_words():
     g = P.dyt_stream_growth(_stream(100.0), 0.01, 30)
-    assert (g["rms0_dyt"], g["rms_end_dyt_gpt2"], g["rms_end_dyt_pt"]) == (0.03, 100.0, 2.0)
-    # 100 > 0.03 * 2: grows; 0.5 * 100 > 2: the tanh saturation sentence follows
+    assert (g["rms0_dyt"], g["rms_end_dyt_base"], g["rms_end_dyt_pt"]) == (0.03, 100.0, 2.0)
+    # 100 > 0.03 * 2: grows; 0.5 * 100 > 2: the sentence with tanh(50) = 1.00 follows
     assert g["dyt_growth_word"] == "grows"
-    assert g["dyt_growth_clause"].startswith(", so a stream that stays")
-    assert "near ±1" in g["dyt_growth_clause"]
-    # 3 grows but 0.5 * 3 < 2: no saturation sentence
+    assert g["dyt_growth_clause"].startswith(", so the stream does not stay")
+    assert "tanh(α₀x) = 1.00, in the flat part" in g["dyt_growth_clause"]
+    # 3 grows but 0.5 * 3 < 2: no tanh sentence; 5 gives tanh(2.5) = 0.99
     g = P.dyt_stream_growth(_stream(3.0), 0.01, 30)
-    assert g["dyt_growth_word"] == "grows" and "±1" not in g["dyt_growth_clause"]
+    assert g["dyt_growth_word"] == "grows" and "tanh" not in g["dyt_growth_clause"]
+    assert "= 0.99," in P.dyt_stream_growth(_stream(5.0), 0.01, 30)["dyt_growth_clause"]
+    # another prefix names every key
+    keys = P.dyt_stream_growth(_stream(5.0), 0.01, 30, prefix="emb")
+    assert set(keys) == {
+        "rms0_emb",
+        "rms_end_emb_base",
+        "rms_end_emb_pt",
+        "emb_growth_word",
+        "emb_growth_clause",
+    }
     # within a factor of 2 both ways: flat, and the clause is a full stop
     g = P.dyt_stream_growth(_stream(0.05), 0.01, 30)
     assert (g["dyt_growth_word"], g["dyt_growth_clause"]) == ("stays flat", ".")
@@ -184,9 +294,9 @@ def test_dyt_stream_growth_words():
     assert g["dyt_growth_word"] == "shrinks"
     # a run that never reached the last step
     short = _stream(100.0)
-    short = short[~((short.init == "gpt2") & (short.step == 30))]
+    short = short[~((short.init == "gpt2_scaled") & (short.step == 30))]
     g = P.dyt_stream_growth(short, 0.01, 30)
-    assert math.isnan(g["rms_end_dyt_gpt2"])
+    assert math.isnan(g["rms_end_dyt_base"])
     assert g["dyt_growth_word"] == "was not measured to the end"
 
 
@@ -223,6 +333,39 @@ def test_attention_logits_takes_the_largest_layer_at_each_cells_last_step():
     assert lg.top.max_logit.max() == 40.0
 
 
+def test_logit_table_and_phrase_show_a_diverged_cell_as_diverged():
+    # Fails if the diverged Pre-LN cell at lr 0.1 shows its logit (40.0, read at step 2,
+    # where it stopped) as if it were an end value.
+    lg = P.attention_logits(_logit_rows(), 0.1)
+    runs = pd.DataFrame(
+        {
+            "design": ["Pre-LN", "Pre-LN", "ReZero"],
+            "lr": [0.01, 0.1, 0.1],
+            "diverged": [False, True, False],
+            "diverged_at": [np.nan, 2.0, np.nan],
+        }
+    )
+    t = lg.table(runs)
+    assert t.loc["Pre-LN", 0.1] == "diverged (step 2)"
+    assert t.loc["Pre-LN", 0.01] == "3.0" and t.loc["ReZero", 0.1] == "1.5"
+    assert t.loc["DyT", 0.1] == ""  # not run
+    assert lg.end_phrase("Pre-LN", runs, 0.1) == (
+        "Pre-LN diverged there (by step 2), so it has no end value"
+    )
+    assert lg.end_phrase("ReZero", runs, 0.1) == "ReZero's ends at 1.5"
+    assert lg.end_phrase("DyT", runs, 0.1) == "DyT was not run"
+
+
+def test_logit_ratio_by_seed_reads_each_seeds_own_rows():
+    # seed 2 is _logit_rows (ratio 40 / 4 = 10); seed 3 doubles Pre-LN's logits (ratio 20).
+    # Fails if the seeds were pooled (the largest over seeds would give 80 / 4 for both).
+    two = _logit_rows().assign(seed=2)
+    three = two.assign(seed=3)
+    three.loc[three.design == "Pre-LN", "max_logit"] *= 2
+    r = P.logit_ratio_by_seed(pd.concat([two, three]), 0.1)
+    assert r.index.tolist() == [2, 3] and r.tolist() == pytest.approx([10.0, 20.0])
+
+
 def test_glue_all_glues_every_key(monkeypatch):
     import prenorm.plotting
 
@@ -243,7 +386,27 @@ def test_plots_draw_one_line_per_design():
     fig2 = P.plot_logits(P.attention_logits(_logit_rows(), 0.1), [0.01, 0.1], P.design_colors(), 6)
     assert len(fig2.axes) == 2
     fig3, ax3 = plt.subplots()
-    P.plot_alpha_sweep(P.alpha_sweep(_alpha_runs(), 0.01), [0.5, 2.0], 3.25, ax=ax3)
-    # two DyT lines, two LayerNorm lines, the entropy
-    assert len(ax3.lines) == 5
+    runs = _alpha_runs()
+    seeds = pd.concat([runs.assign(seed=2), runs.assign(seed=3)])
+    emb = pd.DataFrame({"alpha0": [0.5, 0.5], "final_val_loss": [2.0, 2.2], "diverged": False})
+    sweep = P.alpha_sweep(runs, 0.01, by_seed=seeds)
+    P.plot_alpha_sweep(sweep, 3.25, ax=ax3, emb=emb)
+    # two DyT mean lines, two LayerNorm lines, two crosses (the diverged alpha0 = 8 cell's
+    # two seeds, above the frame: no loss), the embedding scale's mean, the entropy
+    assert len(ax3.lines) == 2 + 2 + 2 + 1 + 1
+    # seed points: the base init's 2 finished cells x 2 seeds, PyTorch's 2 x 2, emb's 2
+    assert [len(c.get_offsets()) for c in ax3.collections] == [4, 4, 2]
+    assert 1.0 not in np.concatenate([c.get_offsets()[:, 1] for c in ax3.collections])
+    assert ax3.get_xscale() == "log" and ax3.get_xlabel().startswith("DyT's initial")
+    assert [t.get_text() for t in ax3.get_xticklabels()] == ["0.5", "2", "8"]
     plt.close("all")
+
+
+def test_presets_give_chapter_10_fresh_seeds_and_the_default_alpha0():
+    # Fails if a preset reuses a development seed (design_seeds) for the verdicts, has
+    # fewer than two seeds, or does not sweep Zhu et al.'s default alpha0 = 0.5.
+    for name in ("ci", "cpu", "gpu"):
+        scale = P.PRESETS[name]
+        assert not set(scale.nonorm_seeds) & set(scale.design_seeds), name
+        assert len(set(scale.nonorm_seeds)) == len(scale.nonorm_seeds) >= 2, name
+        assert 0.5 in scale.nonorm_alphas, name
