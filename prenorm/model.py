@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import MIX_RATIO, PLACEMENTS, Block, layer_placements
+from .blocks import MIX_RATIO, PLACEMENTS, Block, _check_norm_bias, layer_placements
 from .norms import _norm_kwargs, make_norm
 from .registry import Registry
 
@@ -157,6 +157,10 @@ class TransformerLM(nn.Module):
     split by ``mix_ratio``, default 0.25); :attr:`layer_placements` lists the result and
     each block's ``placement`` is its own. ``qk_norm`` adds per-head QK-norm to every
     attention; ``alpha0`` is DyT's initial :math:`\alpha` (``norm="dyt"`` only).
+    ``bias`` sets the biases of every linear layer and, unless ``norm_bias`` says
+    otherwise, the norms' shift :math:`\beta`; ``norm_bias=False`` drops :math:`\beta` from
+    every block norm and the final norm while the linear layers keep their biases (the
+    head has none either way), ``None`` (the default) follows ``bias``.
     :meth:`describe` gives the names that identify the model in every table.
     """
 
@@ -176,6 +180,7 @@ class TransformerLM(nn.Module):
         qk_norm: bool = False,
         mix_ratio: float | None = None,
         alpha0: float | None = None,
+        norm_bias: bool | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -189,6 +194,9 @@ class TransformerLM(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         INITS.check(init)
         norm_cls, _ = _norm_kwargs(norm, bias, alpha0)
+        shift = _check_norm_bias(norm_bias, bias)
+        #: Whether the norms keep their shift beta (see ``norm_bias``).
+        self.norm_bias = shift
         spec = PLACEMENTS[placement]
         #: The single-step placement of every layer (all equal except for ``"mixln"``).
         self.layer_placements = layer_placements(placement, n_layers, mix_ratio)
@@ -197,6 +205,7 @@ class TransformerLM(nn.Module):
         rho = MIX_RATIO if mix_ratio is None else float(mix_ratio)
         self.mix_ratio = rho if spec.mix is not None else None
         self.qk_norm = bool(qk_norm)
+        self._linear_bias = bool(bias)
         self.alpha0: float | None = None  # DyT's initial alpha; None for the other norms
         if getattr(norm_cls, "has_alpha0", False):
             self.alpha0 = norm_cls.default_alpha0 if alpha0 is None else float(alpha0)
@@ -220,11 +229,12 @@ class TransformerLM(nn.Module):
                     layer=l,
                     qk_norm=qk_norm,
                     alpha0=alpha0,
+                    norm_bias=shift,
                 )
                 for l, p in enumerate(self.layer_placements)
             )
             self.final_norm = (
-                make_norm(norm, d_model, bias, alpha0) if spec.final_norm else nn.Identity()
+                make_norm(norm, d_model, shift, alpha0) if spec.final_norm else nn.Identity()
             )
             self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.reset_parameters(init)
@@ -234,7 +244,8 @@ class TransformerLM(nn.Module):
         :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
         ``n_layers`` and ``d_model``; and, only where they apply, so that part 1's
         tables keep their columns, ``mix_ratio`` (``"mixln"``), ``alpha0`` (DyT) and
-        ``qk_norm`` (``True`` when the model has it). Frames that mix models with and
+        ``qk_norm`` (``True`` when the model has it) and ``norm_bias`` (``False`` when
+        the norms lack :math:`\beta` while the linear layers keep their biases). Frames that mix models with and
         without these keys get NaN there (``df.fillna({"qk_norm": False})``)."""
         meta: dict[str, object] = {
             "placement": self.placement,
@@ -249,6 +260,8 @@ class TransformerLM(nn.Module):
             meta["alpha0"] = self.alpha0
         if self.qk_norm:
             meta["qk_norm"] = True
+        if not self.norm_bias and self._linear_bias:
+            meta["norm_bias"] = False
         return meta
 
     @torch.no_grad()
