@@ -517,7 +517,7 @@ def plot_adam_contrast(search: pd.DataFrame, contrast: OptimizerContrast, value:
     colours = ["0.45", NORM_COLORS["layernorm"], NORM_COLORS["rmsnorm"]]
     for k, (col, colour) in enumerate(zip(cols, colours, strict=True)):
         ax.scatter(np.full(len(table), k), table[col], color=colour, s=25, zorder=2)
-    ax.set_xticks([0, 1, 2], ["default\nLayerNorm", "tuned\nLayerNorm", "tuned\nRMSNorm"])
+    ax.set_xticks([0, 1, 2], ["default\nLN", "tuned\nLN", "tuned\nRMSNorm"], fontsize=10)
     ax.set_xlim(-0.4, 2.4)
     ax.set_ylabel("final validation loss (nats/char)")
     fig.tight_layout()
