@@ -240,7 +240,7 @@ class TransformerLM(nn.Module):
         self.reset_parameters(init)
 
     def describe(self) -> dict[str, object]:
-        """The model's identity, as every probe, :func:`~prenorm.train` and
+        r"""The model's identity, as every probe, :func:`~prenorm.train` and
         :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
         ``n_layers`` and ``d_model``; and, only where they apply, so that part 1's
         tables keep their columns, ``mix_ratio`` (``"mixln"``), ``alpha0`` (DyT) and

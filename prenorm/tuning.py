@@ -508,7 +508,7 @@ def plot_adam_contrast(search: pd.DataFrame, contrast: OptimizerContrast, value:
     ax.minorticks_off()
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final validation loss (nats/char)")
-    ax.legend(fontsize=9, loc="upper left")
+    ax.legend(fontsize=9, loc="best")
     ax = axes[1]
     table = contrast.per_seed
     cols = list(table.columns[:3])  # default/base, tuned/base, tuned/swap
