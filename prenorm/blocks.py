@@ -195,6 +195,15 @@ def layer_placements(placement: str, n_layers: int, mix_ratio: float | None = No
     return [first] * k + [rest] * (n_layers - k)
 
 
+def _check_norm_bias(norm_bias: bool | None, bias: bool) -> bool:
+    """Whether the norms keep their shift: ``norm_bias``, or ``bias`` when it is ``None``."""
+    if norm_bias is None:
+        return bias
+    if not isinstance(norm_bias, bool):
+        raise ValueError(f"norm_bias must be True, False or None (follow bias), got {norm_bias!r}")
+    return norm_bias
+
+
 def _mixed() -> str:
     return ", ".join(repr(n) for n, s in PLACEMENTS.items() if s.mix is not None)
 
@@ -313,7 +322,9 @@ class Block(nn.Module):
     MLP's. ``layer`` is the block's 0-based index in the stack (LayerNorm Scaling divides
     by :math:`\sqrt{\text{layer}+1}`); ``qk_norm`` adds QK-norm to the attention
     (:class:`CausalSelfAttention`); ``alpha0`` is DyT's initial :math:`\alpha` for
-    ``norm="dyt"``. With ``placement="rezero"`` the block owns ``gate``, the scalar
+    ``norm="dyt"``. ``norm_bias`` sets whether the block's norms (not QK-norm) keep their
+    shift :math:`\beta` (LayerNorm, DyT); ``None``, the default, follows ``bias``, which
+    otherwise sets the linear layers' biases. With ``placement="rezero"`` the block owns ``gate``, the scalar
     :math:`g` that multiplies both branches, 0 at init and after
     :meth:`reset_parameters`.
 
@@ -338,6 +349,7 @@ class Block(nn.Module):
         layer: int = 0,
         qk_norm: bool = False,
         alpha0: float | None = None,
+        norm_bias: bool | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("mlp_ratio", mlp_ratio)):
@@ -373,8 +385,10 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_ratio * d_model, bias=bias, activation=activation)
         self.gate = nn.Parameter(torch.zeros(())) if self.spec.gated else None
 
+        shift = _check_norm_bias(norm_bias, bias)
+
         def slot_norm(slot: str) -> nn.Module | None:
-            return make_norm(norm, d_model, bias, alpha0) if self.spec.has(slot) else None
+            return make_norm(norm, d_model, shift, alpha0) if self.spec.has(slot) else None
 
         self.attn_norm_in = slot_norm("in")
         self.attn_norm_out = slot_norm("out")

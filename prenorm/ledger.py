@@ -71,7 +71,7 @@ CLAIMS: Registry[Claim] = Registry(
         ("C11", "LayerNorm costs two passes, and its bias is barely used", "07_rmsnorm"),
         ("C12", "RMSNorm is about 15% faster than LayerNorm", "07_rmsnorm"),
         ("C13", "RMSNorm loses no measurable quality", "07_rmsnorm"),
-        ("C14", "Optimizer tuning matters more than the choice of norm", "08_coda"),
+        ("C14", "Tuned Adam beats default Adam by more than people expect", "08_coda"),
         (
             "C15",
             "Peri-LN (a norm on each sublayer's output too) stops the residual growth of Pre-LN",

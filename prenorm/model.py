@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import MIX_RATIO, PLACEMENTS, Block, layer_placements
+from .blocks import MIX_RATIO, PLACEMENTS, Block, _check_norm_bias, layer_placements
 from .norms import _norm_kwargs, make_norm
 from .registry import Registry
 
@@ -163,6 +163,10 @@ class TransformerLM(nn.Module):
     DyT puts after the token embedding (``shared_scale``; LLaMA has rotary positions and
     no position table, so there the scalar multiplies the whole input of the first block,
     as it does here).
+    ``bias`` sets the biases of every linear layer and, unless ``norm_bias`` says
+    otherwise, the norms' shift :math:`\beta`; ``norm_bias=False`` drops :math:`\beta` from
+    every block norm and the final norm while the linear layers keep their biases (the
+    head has none either way), ``None`` (the default) follows ``bias``.
     :meth:`describe` gives the names that identify the model in every table.
     """
 
@@ -183,6 +187,7 @@ class TransformerLM(nn.Module):
         mix_ratio: float | None = None,
         alpha0: float | None = None,
         emb_scale: bool = False,
+        norm_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(emb_scale, bool):
@@ -198,6 +203,9 @@ class TransformerLM(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         INITS.check(init)
         norm_cls, _ = _norm_kwargs(norm, bias, alpha0)
+        shift = _check_norm_bias(norm_bias, bias)
+        #: Whether the norms keep their shift beta (see ``norm_bias``).
+        self.norm_bias = shift
         spec = PLACEMENTS[placement]
         #: The single-step placement of every layer (all equal except for ``"mixln"``).
         self.layer_placements = layer_placements(placement, n_layers, mix_ratio)
@@ -206,6 +214,7 @@ class TransformerLM(nn.Module):
         rho = MIX_RATIO if mix_ratio is None else float(mix_ratio)
         self.mix_ratio = rho if spec.mix is not None else None
         self.qk_norm = bool(qk_norm)
+        self._linear_bias = bool(bias)
         self.alpha0: float | None = None  # DyT's initial alpha; None for the other norms
         if getattr(norm_cls, "has_alpha0", False):
             self.alpha0 = norm_cls.default_alpha0 if alpha0 is None else float(alpha0)
@@ -229,11 +238,12 @@ class TransformerLM(nn.Module):
                     layer=l,
                     qk_norm=qk_norm,
                     alpha0=alpha0,
+                    norm_bias=shift,
                 )
                 for l, p in enumerate(self.layer_placements)
             )
             self.final_norm = (
-                make_norm(norm, d_model, bias, alpha0) if spec.final_norm else nn.Identity()
+                make_norm(norm, d_model, shift, alpha0) if spec.final_norm else nn.Identity()
             )
             self.head = nn.Linear(d_model, vocab_size, bias=False)
         #: The learnable scalar on the embeddings (``emb_scale=True``), else ``None``.
@@ -241,11 +251,13 @@ class TransformerLM(nn.Module):
         self.reset_parameters(init)
 
     def describe(self) -> dict[str, object]:
-        """The model's identity, as every probe, :func:`~prenorm.train` and
+        r"""The model's identity, as every probe, :func:`~prenorm.train` and
         :func:`~prenorm.sweep` record it: ``placement``, ``norm``, ``init``,
         ``n_layers`` and ``d_model``; and, only where they apply, so that part 1's
         tables keep their columns, ``mix_ratio`` (``"mixln"``), ``alpha0`` (DyT) and
-        ``qk_norm`` and ``emb_scale`` (``True`` when the model has them). Frames that mix models with and
+        ``qk_norm`` and ``emb_scale`` (``True`` when the model has them) and ``norm_bias``
+        (``False`` when the norms lack :math:`\beta` while the linear layers keep their
+        biases). Frames that mix models with and
         without these keys get NaN there (``df.fillna({"qk_norm": False})``)."""
         meta: dict[str, object] = {
             "placement": self.placement,
@@ -262,6 +274,8 @@ class TransformerLM(nn.Module):
             meta["qk_norm"] = True
         if self.emb_scale is not None:
             meta["emb_scale"] = True
+        if not self.norm_bias and self._linear_bias:
+            meta["norm_bias"] = False
         return meta
 
     @torch.no_grad()

@@ -77,7 +77,7 @@ def plot_norm_speed(speed: pd.DataFrame, post_saving: float = 0.15):
     fraction of the bandwidth bound against the width (colour: the norm; line style:
     solid plain ops, dashed built-ins, dotted compiled); right, :func:`time_ratios` per
     kind on a log scale, with the line of equal times and the post's saving
-    (:math:`1 - ` ``post_saving``). Returns the figure."""
+    (:math:`1 - ` ``post_saving``). The legends sit below the panels. Returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
@@ -85,7 +85,7 @@ def plot_norm_speed(speed: pd.DataFrame, post_saving: float = 0.15):
 
     style = {"ops": "-", "torch": "--", "compiled": ":"}
     ratio = time_ratios(speed)
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 4.2))
     for (norm, kind), grp in speed.groupby(["norm", "kind"]):
         axes[0].plot(
             grp.d, grp.bound_fraction, style[kind], marker="o", ms=3.5, color=NORM_COLORS[norm]
@@ -109,8 +109,9 @@ def plot_norm_speed(speed: pd.DataFrame, post_saving: float = 0.15):
     axes[1].yaxis.set_minor_locator(ticker.NullLocator())
     for ax in axes:
         depth_axis(ax, sorted(speed.d.unique()), label="width $d$")
-    axes[0].legend(title="norm")
-    axes[1].legend(title="implementation")
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "frameon": False}
+    axes[0].legend(title="norm", ncol=2, **below)  # below the panels, off the data
+    axes[1].legend(title="implementation", ncol=2, **below)
     fig.tight_layout()
     return fig
 

@@ -20,33 +20,73 @@ From such sweeps:
   (:func:`setting_effect`).
 
 :func:`tuning_summary` computes all of them for a learning-rate sweep over two designs and a
-:math:`\beta_2` sweep, the comparison of chapter 8; :func:`plot_setting_sweep` draws a sweep.
+:math:`\beta_2` sweep; :func:`plot_setting_sweep` draws a sweep.
+
+**Default against tuned Adam** (chapter 8). *Default* is :data:`ADAM_DEFAULTS`, PyTorch's
+``torch.optim.Adam`` as it comes (:math:`\eta = 10^{-3}`, :math:`\beta = (0.9, 0.999)`, no
+weight decay) with no warmup and a constant rate. *Tuned* is the setting of a small search
+(:func:`adam_search_grids`, :func:`search_table`, :func:`best_adam_setting`) chosen on
+development seeds and then fixed. On confirmation seeds :math:`s`, each trained three
+times (default with LayerNorm, tuned with LayerNorm, tuned with RMSNorm; final losses
+:math:`\ell^{D}_s, \ell^{T}_s, \ell^{R}_s`), :func:`optimizer_contrast` gives, each as a
+mean with its Student-*t* interval over seeds:
+
+- the optimizer gap :math:`o_s = \ell^{D}_s - \ell^{T}_s`;
+- the norm gap :math:`n_s = |\ell^{R}_s - \ell^{T}_s|` (the size of the swap, per seed, so
+  its mean is at least the size of the mean swap: the comparison is harder for the optimizer);
+- the margin :math:`g_s = o_s - n_s`, positive when tuning moved the loss more than the swap.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from .verdicts import Estimate
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "ADAM_DEFAULTS",
+    "OptimizerContrast",
     "TuningSummary",
+    "adam_contrast_grids",
+    "adam_search_grids",
+    "best_adam_setting",
+    "optimizer_contrast",
     "best_setting",
     "miss_cost",
     "paired_gaps",
+    "plot_adam_contrast",
     "plot_setting_sweep",
     "setting_curve",
+    "search_table",
     "setting_effect",
+    "setting_label",
     "tuning_summary",
 ]
 
 _VALUE = "final_val_loss"
+
+#: "Default Adam": ``torch.optim.Adam``'s own defaults, no warmup, a constant learning rate
+#: (the keyword arguments of :func:`~prenorm.train` that say so).
+ADAM_DEFAULTS: dict[str, object] = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "schedule": "constant",
+}
+
+#: The columns of a run's summary that identify its optimizer setting.
+SETTING_COLUMNS = ("optimizer", "lr", "beta2", "warmup_steps", "weight_decay")
 
 
 def _trained(runs: pd.DataFrame) -> pd.DataFrame:
@@ -254,3 +294,231 @@ def plot_setting_sweep(
         ax.minorticks_off()
     ax.set_xlabel(xlabel or x)
     return ax
+
+
+def adam_search_grids(
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    steps: int,
+    beta2: float = 0.95,
+    warmup_frac: float = 0.1,
+    weight_decay: float = 0.1,
+) -> list[dict[str, list[object]]]:
+    r"""The small search of chapter 8 as two :func:`~prenorm.sweep` grids over ``seeds``:
+    every learning rate of ``lrs`` with Adam's other defaults (:data:`ADAM_DEFAULTS`), and
+    every learning rate with the settings large models train with: AdamW (decoupled
+    weight decay ``weight_decay``), :math:`\beta_2` = ``beta2`` and a linear warmup over
+    :math:`\lfloor` ``warmup_frac`` :math:`\cdot` ``steps`` :math:`\rceil` steps (at
+    least 1). ``2 len(lrs)`` settings in all."""
+    if not lrs or any(not (isinstance(v, int | float) and v > 0) for v in lrs):
+        raise ValueError(f"lrs must be a non-empty list of positive numbers, got {lrs!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not 0 <= beta2 < 1:
+        raise ValueError(f"beta2 must be in [0, 1), got {beta2!r}")
+    if not 0 < warmup_frac < 1:
+        raise ValueError(f"warmup_frac must be in (0, 1), got {warmup_frac!r}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    seeds = list(seeds)
+    base = {k: [v] for k, v in ADAM_DEFAULTS.items() if k != "lr"}
+    recipe = {
+        **base,
+        "optimizer": ["adamw"],
+        "betas": [(0.9, float(beta2))],
+        "weight_decay": [float(weight_decay)],
+        "warmup_steps": [max(1, round(warmup_frac * steps))],
+    }
+    lrs = [float(v) for v in lrs]
+    return [{**base, "lr": lrs, "seed": seeds}, {**recipe, "lr": lrs, "seed": seeds}]
+
+
+def setting_label(row: Mapping[str, object] | pd.Series) -> str:
+    """An optimizer setting in words, from a run's summary (its :data:`SETTING_COLUMNS`):
+    ``"adamw lr=0.003 b2=0.95 warmup=20 wd=0.1"``."""
+    return (
+        f"{row['optimizer']} lr={float(row['lr']):g} b2={float(row['beta2']):g} "
+        f"warmup={int(row['warmup_steps'])} wd={float(row['weight_decay']):g}"
+    )
+
+
+def search_table(runs: pd.DataFrame, value: str = _VALUE) -> pd.DataFrame:
+    """One row per optimizer setting of a search (the runs' :data:`SETTING_COLUMNS`), best
+    first: the ``mean`` and ``sd`` of ``value`` over the seeds that trained, ``n`` of
+    them and ``diverged``, the number that did not. A setting with a diverged run is
+    ranked after every setting without one (its mean is over the others only)."""
+    missing = [c for c in (*SETTING_COLUMNS, value, "diverged") if c not in runs.columns]
+    if missing:
+        raise KeyError(f"runs lack columns {missing}; columns: {list(runs.columns)}")
+    cols = list(SETTING_COLUMNS)
+    ok = _trained(runs)
+    stats = ok.groupby(cols)[value].agg(mean="mean", sd="std", n="count")
+    div = runs.groupby(cols)["diverged"].sum().astype(int).rename("diverged")
+    table = pd.concat([stats, div], axis=1).reset_index()
+    table["n"] = table["n"].fillna(0).astype(int)
+    table["setting"] = [setting_label(r) for _, r in table.iterrows()]
+    table = table.sort_values(["diverged", "mean"], na_position="last", kind="stable")
+    return table.set_index("setting")
+
+
+def best_adam_setting(runs: pd.DataFrame, value: str = _VALUE) -> dict[str, object]:
+    """The :func:`~prenorm.train` keyword arguments of the best setting of a search
+    (:func:`search_table`'s first row: the lowest mean loss among the settings none of
+    whose runs diverged): ``optimizer``, ``lr``, ``betas``, ``weight_decay``,
+    ``warmup_steps``, ``schedule``. Raises if every setting had a diverged run."""
+    table = search_table(runs, value)
+    clean = table[table["diverged"] == 0]
+    if not len(clean):
+        raise ValueError("every setting of the search had a diverged run: there is no best one")
+    best = clean.iloc[0]
+    beta1 = float(runs["beta1"].iloc[0]) if "beta1" in runs.columns else 0.9
+    return {
+        "optimizer": str(best["optimizer"]),
+        "lr": float(best["lr"]),
+        "betas": (beta1, float(best["beta2"])),
+        "weight_decay": float(best["weight_decay"]),
+        "warmup_steps": int(best["warmup_steps"]),
+        "schedule": "constant",
+    }
+
+
+@dataclass(frozen=True)
+class OptimizerContrast:
+    r"""Default against tuned Adam next to a norm swap, on confirmation seeds (see the
+    module's definitions), in nats: ``optimizer_gap`` (:math:`o_s`), ``norm_gap``
+    (:math:`n_s = |\ell^R_s - \ell^T_s|`), ``norm_swap`` (the signed
+    :math:`\ell^R_s - \ell^T_s`) and ``margin`` (:math:`g_s = o_s - n_s`), each an
+    :class:`~prenorm.Estimate` over seeds; ``per_seed``, one row per seed with the three
+    losses and the gaps; ``dropped``, the seeds left out because a run diverged."""
+
+    optimizer_gap: Estimate
+    norm_gap: Estimate
+    norm_swap: Estimate
+    margin: Estimate
+    per_seed: pd.DataFrame
+    dropped: tuple[int, ...]
+
+
+def optimizer_contrast(
+    runs: pd.DataFrame,
+    arm: str = "arm",
+    default: str = "default",
+    tuned: str = "tuned",
+    by: str = "norm",
+    base: str = "layernorm",
+    swap: str = "rmsnorm",
+    value: str = _VALUE,
+    level: float = 0.95,
+) -> OptimizerContrast:
+    r"""The :class:`OptimizerContrast` of ``runs``: one row per run, with column ``arm``
+    (``default`` or ``tuned``), ``by`` (``base`` or ``swap``), ``seed``, ``value`` and
+    ``diverged``. Each seed needs the runs (``default``, ``base``), (``tuned``, ``base``)
+    and (``tuned``, ``swap``); a seed with one of them diverged is dropped (and named in
+    ``dropped``). Intervals are Student-*t* at ``level``."""
+    from .stats import t_interval
+
+    for col in (arm, by, "seed", value, "diverged"):
+        if col not in runs.columns:
+            raise KeyError(f"runs lack column {col!r}; columns: {list(runs.columns)}")
+    cells = {"D": (default, base), "T": (tuned, base), "R": (tuned, swap)}
+    wide = {}
+    bad: set[int] = set()
+    for key, (a, n) in cells.items():
+        part = runs[(runs[arm] == a) & (runs[by] == n)]
+        if part["seed"].duplicated().any():
+            raise ValueError(f"more than one run per seed for {arm}={a!r}, {by}={n!r}")
+        if not len(part):
+            raise ValueError(f"no run for {arm}={a!r}, {by}={n!r}")
+        bad |= {int(s) for s in part.loc[part["diverged"].astype(bool), "seed"]}
+        wide[key] = part.set_index("seed")[value]
+    table = pd.DataFrame(wide).dropna()
+    dropped = tuple(sorted(bad | (set(runs["seed"].astype(int)) - set(table.index.astype(int)))))
+    table = table.drop(index=[s for s in dropped if s in table.index])
+    if len(table) < 2:
+        raise ValueError(f"fewer than two complete seeds (dropped: {dropped}): no interval")
+    table["optimizer gap"] = table["D"] - table["T"]
+    table["norm swap"] = table["R"] - table["T"]
+    table["norm gap"] = table["norm swap"].abs()
+    table["margin"] = table["optimizer gap"] - table["norm gap"]
+    table = table.rename(
+        columns={"D": f"{default}, {base}", "T": f"{tuned}, {base}", "R": f"{tuned}, {swap}"}
+    )
+    return OptimizerContrast(
+        optimizer_gap=t_interval(table["optimizer gap"], level),
+        norm_gap=t_interval(table["norm gap"], level),
+        norm_swap=t_interval(table["norm swap"], level),
+        margin=t_interval(table["margin"], level),
+        per_seed=table,
+        dropped=dropped,
+    )
+
+
+def adam_contrast_grids(
+    default: Mapping[str, object],
+    tuned: Mapping[str, object],
+    seeds: Sequence[int],
+    base: str = "layernorm",
+    swap: str = "rmsnorm",
+) -> tuple[list[dict[str, list[object]]], list[str]]:
+    """The :func:`~prenorm.sweep` grids of the confirmation runs of
+    :func:`optimizer_contrast` (``default`` and ``tuned`` are keyword arguments of
+    :func:`~prenorm.train`, such as :data:`ADAM_DEFAULTS` and :func:`best_adam_setting`'s
+    result): ``default`` with norm ``base``, then ``tuned`` with ``base`` and ``swap``, over
+    ``seeds``; and the ``arm`` of each run in the order the sweep returns them (grid
+    order: ``"default"`` for the first grid's runs, ``"tuned"`` for the second's)."""
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"a t-interval needs at least two seeds, got {seeds!r}")
+    first = {k: [v] for k, v in default.items()}
+    second = {k: [v] for k, v in tuned.items()}
+    grids = [
+        {**first, "norm": [base], "seed": seeds},
+        {**second, "norm": [base, swap], "seed": seeds},
+    ]
+    return grids, ["default"] * len(seeds) + ["tuned"] * (2 * len(seeds))
+
+
+def plot_adam_contrast(search: pd.DataFrame, contrast: OptimizerContrast, value: str = _VALUE):
+    r"""Two panels. Left, the search (``search``, the runs of :func:`adam_search_grids`):
+    final loss against the learning rate, Adam's other defaults (solid, circles) and the
+    large-model settings (dashed, squares), each seed a small point, the mean a line,
+    diverged runs as crosses at the top. Right, the confirmation seeds of ``contrast``:
+    each seed's default-LayerNorm, tuned-LayerNorm and tuned-RMSNorm losses joined by a
+    grey line. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import NORM_COLORS, TEXT_WIDTH, mark_diverged
+
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    recipes = (
+        ("adam", "-", "o", "0.45", "Adam's defaults"),
+        ("adamw", "--", "s", "#55a868", "AdamW, β₂, warmup, wd"),
+    )
+    for opt, ls, marker, color, label in recipes:
+        runs = search[search["optimizer"] == opt]
+        ok = _trained(runs)
+        mean = ok.groupby("lr")[value].mean()
+        ax.plot(mean.index, mean.values, ls, marker=marker, color=color, lw=1.6, label=label)
+        ax.scatter(ok["lr"], ok[value], color=color, s=12, alpha=0.6, marker=marker)
+        mark_diverged(ax, runs[runs["diverged"].astype(bool)]["lr"], color)
+    lrs = sorted(search["lr"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
+    ax.minorticks_off()
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation loss (nats/char)")
+    ax.legend(fontsize=9, loc="best")
+    ax = axes[1]
+    table = contrast.per_seed
+    cols = list(table.columns[:3])  # default/base, tuned/base, tuned/swap
+    for _, row in table.iterrows():
+        ax.plot([0, 1, 2], [row[c] for c in cols], color="0.75", lw=1, zorder=1)
+    colours = ["0.45", NORM_COLORS["layernorm"], NORM_COLORS["rmsnorm"]]
+    for k, (col, colour) in enumerate(zip(cols, colours, strict=True)):
+        ax.scatter(np.full(len(table), k), table[col], color=colour, s=25, zorder=2)
+    ax.set_xticks([0, 1, 2], ["default\nLN", "tuned\nLN", "tuned\nRMSNorm"], fontsize=10)
+    ax.set_xlim(-0.4, 2.4)
+    ax.set_ylabel("final validation loss (nats/char)")
+    fig.tight_layout()
+    return fig

@@ -288,3 +288,35 @@ def test_describe_names_the_new_options_only_where_they_apply():
         "n_layers",
         "d_model",
     }
+
+
+def test_norm_bias_false_drops_only_the_norms_beta():
+    # Fails if norm_bias=False also drops the linear biases, leaves a beta on some norm
+    # (block or final), or changes the draws of the shared parameters (the chapter 7
+    # comparison with and without beta pairs the two models by seed).
+    torch.manual_seed(5)
+    with_beta = _model()
+    torch.manual_seed(5)
+    without = _model(norm_bias=False)
+    names_with = dict(with_beta.named_parameters())
+    names_without = dict(without.named_parameters())
+    dropped = set(names_with) - set(names_without)
+    norms = [n for n, m in with_beta.named_modules() if isinstance(m, LayerNorm)]
+    assert dropped == {f"{n}.bias" for n in norms}
+    assert len(norms) == 2 * L + 1  # two per block and the final norm
+    assert all(torch.equal(names_with[k], v) for k, v in names_without.items())
+    assert without.blocks[0].attn.qkv.bias is not None
+    assert without.describe()["norm_bias"] is False
+    assert "norm_bias" not in with_beta.describe()
+    # at init beta = 0, so the two compute the same function
+    idx = torch.randint(V, (2, T))
+    assert torch.equal(with_beta(idx)[0], without(idx)[0])
+
+
+def test_norm_bias_follows_bias_by_default_and_is_checked():
+    no_bias = _model(bias=False)
+    assert no_bias.final_norm.bias is None and no_bias.blocks[0].mlp.fc1.bias is None
+    assert "norm_bias" not in no_bias.describe()  # nothing differs from bias=False
+    assert _model(bias=False, norm_bias=True).final_norm.bias is not None
+    with pytest.raises(ValueError, match="norm_bias"):
+        _model(norm_bias="no")

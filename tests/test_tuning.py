@@ -122,3 +122,147 @@ def test_plot_setting_sweep_marks_diverged_runs_with_crosses():
     means = [line for line in ax.get_lines() if line.get_marker() != "x"]
     assert len(means) == 2 and ax.get_xscale() == "log"
     plt.close(fig)
+
+
+# ---- default against tuned Adam (chapter 8) ------------------------------------------
+
+
+def _search_runs():
+    # three settings over two seeds; the best mean (0.9) has a diverged run, so it is out
+    rows = []
+    settings = {
+        ("adam", 1e-3, 0.999, 0, 0.0): ((1.5, False), (1.7, False)),
+        ("adamw", 3e-3, 0.95, 20, 0.1): ((1.2, False), (1.4, False)),
+        ("adamw", 1e-2, 0.95, 20, 0.1): ((0.9, False), (5.0, True)),
+    }
+    for (opt, lr, b2, w, wd), runs in settings.items():
+        for seed, (v, div) in enumerate(runs):
+            rows.append(
+                {
+                    "optimizer": opt,
+                    "lr": lr,
+                    "beta1": 0.9,
+                    "beta2": b2,
+                    "warmup_steps": w,
+                    "weight_decay": wd,
+                    "seed": seed,
+                    "final_val_loss": v,
+                    "diverged": div,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_adam_defaults_are_torchs():
+    # fails if "default Adam" drifts from torch.optim.Adam's own defaults
+    import inspect
+
+    import torch
+
+    sig = inspect.signature(torch.optim.Adam).parameters
+    assert P.ADAM_DEFAULTS["lr"] == sig["lr"].default
+    assert P.ADAM_DEFAULTS["betas"] == sig["betas"].default
+    assert P.ADAM_DEFAULTS["weight_decay"] == sig["weight_decay"].default
+    assert P.ADAM_DEFAULTS["warmup_steps"] == 0
+
+
+def test_adam_search_grids_pair_every_lr_with_both_recipes():
+    grids = P.adam_search_grids([1e-3, 3e-3], [0, 1], steps=200)
+    assert len(grids) == 2
+    assert grids[0]["betas"] == [(0.9, 0.999)] and grids[0]["warmup_steps"] == [0]
+    assert grids[1]["optimizer"] == ["adamw"] and grids[1]["betas"] == [(0.9, 0.95)]
+    assert grids[1]["warmup_steps"] == [20] and grids[1]["weight_decay"] == [0.1]
+    assert grids[0]["lr"] == grids[1]["lr"] == [1e-3, 3e-3]
+    assert P.adam_search_grids([1e-3], [0], steps=4)[1]["warmup_steps"] == [1]  # at least 1
+    with pytest.raises(ValueError, match="lrs"):
+        P.adam_search_grids([], [0], steps=10)
+    with pytest.raises(ValueError, match="warmup_frac"):
+        P.adam_search_grids([1e-3], [0], steps=10, warmup_frac=1.5)
+
+
+def test_search_ranks_diverged_settings_last_and_best_is_clean():
+    table = P.search_table(_search_runs())
+    # by hand: adamw 3e-3 mean 1.3, adam 1e-3 mean 1.6, adamw 1e-2 (0.9, one diverged) last
+    assert list(table["mean"].round(6)) == [1.3, 1.6, 0.9]
+    assert list(table["diverged"]) == [0, 0, 1]
+    assert table.index[0] == "adamw lr=0.003 b2=0.95 warmup=20 wd=0.1"
+    best = P.best_adam_setting(_search_runs())
+    assert best == {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "betas": (0.9, 0.95),
+        "weight_decay": 0.1,
+        "warmup_steps": 20,
+        "schedule": "constant",
+    }
+    with pytest.raises(ValueError, match="no best"):
+        P.best_adam_setting(_search_runs().assign(diverged=True))
+
+
+def _contrast_runs(diverge_seed=None):
+    # per seed: default LN, tuned LN, tuned RMS
+    losses = {0: (2.0, 1.5, 1.6), 1: (2.1, 1.7, 1.65), 2: (1.9, 1.5, 1.5)}
+    rows = []
+    for seed, (d, t, r) in losses.items():
+        for arm, norm, v in (
+            ("default", "layernorm", d),
+            ("tuned", "layernorm", t),
+            ("tuned", "rmsnorm", r),
+        ):
+            rows.append(
+                {
+                    "arm": arm,
+                    "norm": norm,
+                    "seed": seed,
+                    "final_val_loss": v,
+                    "diverged": seed == diverge_seed and norm == "rmsnorm",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_optimizer_contrast_by_hand():
+    c = P.optimizer_contrast(_contrast_runs())
+    # o = (0.5, 0.4, 0.4); n = |(0.1, -0.05, 0)| = (0.1, 0.05, 0); g = o - n = (0.4, 0.35, 0.4)
+    assert c.optimizer_gap.value == pytest.approx(1.3 / 3)
+    assert c.norm_gap.value == pytest.approx(0.05)
+    assert c.norm_swap.value == pytest.approx(0.05 / 3)  # signed: the sizes are not averaged
+    assert c.margin.value == pytest.approx(1.15 / 3)
+    g = np.array([0.4, 0.35, 0.4])
+    half = P.t_quantile(0.975, 2) * g.std(ddof=1) / math.sqrt(3)
+    assert c.margin.lo == pytest.approx(g.mean() - half)
+    assert c.dropped == ()
+    assert list(c.per_seed.index) == [0, 1, 2]
+
+
+def test_optimizer_contrast_drops_a_seed_with_a_diverged_run():
+    c = P.optimizer_contrast(_contrast_runs(diverge_seed=0))
+    assert c.dropped == (0,)
+    assert c.margin.n == 2
+    assert c.margin.value == pytest.approx((0.35 + 0.4) / 2)
+    with pytest.raises(ValueError, match="fewer than two"):
+        P.optimizer_contrast(_contrast_runs().query("seed == 0"))
+
+
+def test_adam_contrast_grids_label_runs_in_grid_order():
+    tuned = {**P.ADAM_DEFAULTS, "lr": 3e-3}
+    grids, arms = P.adam_contrast_grids(P.ADAM_DEFAULTS, tuned, [3, 4])
+    points = P.sweeps.grid_points(grids, P.sweeps.MODEL_KEYS + P.sweeps.TRAIN_KEYS)
+    assert len(points) == len(arms) == 6
+    for point, arm in zip(points, arms, strict=True):
+        assert point["lr"] == (1e-3 if arm == "default" else 3e-3)
+    assert (
+        sorted(p["norm"] for p in points if p["lr"] == 3e-3) == ["layernorm"] * 2 + ["rmsnorm"] * 2
+    )
+    with pytest.raises(ValueError, match="two seeds"):
+        P.adam_contrast_grids(P.ADAM_DEFAULTS, tuned, [3])
+
+
+@pytest.mark.parametrize("name", ["ci", "cpu", "gpu"])
+def test_coda_presets_confirm_on_seeds_the_search_never_saw(name):
+    # fails if a preset judges C14 on a seed the tuned setting was chosen on, leaves fewer
+    # than two confirmation seeds (no interval), or puts Adam's default rate at an end of the search
+    s = P.PRESETS[name]
+    assert not set(s.coda_search_seeds) & set(s.coda_confirm_seeds)
+    assert len(set(s.coda_confirm_seeds)) >= 2
+    assert min(s.coda_lrs) < P.ADAM_DEFAULTS["lr"] < max(s.coda_lrs)  # inside, not at an end
