@@ -14,7 +14,9 @@ initialization and after training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = [
     "inner_layers",
     "labelled",
     "legend_below",
+    "linearity_summary",
     "plot_attenuation",
     "plot_power_laws",
     "plot_stages",
@@ -120,6 +123,71 @@ def step_linearity(
     change = out.rel_output_change.to_numpy()
     out["halving_ratio"] = np.append(change[:-1] / change[1:], np.nan)
     return out
+
+
+@dataclass(frozen=True)
+class LinearitySummary:
+    r"""What :func:`linearity_summary` found: the ``table`` (one row per model: the output
+    change at :math:`\eta` and the two halving ratios), the smallest and largest first
+    ratio, how many of the ``n`` models are within ``tol`` of 2 (``n_linear``) and
+    ``detail``, the clause the prose glues."""
+
+    table: pd.DataFrame
+    lin_min: float
+    lin_max: float
+    n_linear: int
+    n: int
+    detail: str
+
+
+def linearity_summary(
+    change: pd.Series, half: pd.Series, quarter: pd.Series, tol: float = 0.1
+) -> LinearitySummary:
+    r"""Whether each model's one-step output change :math:`\Delta(\eta)` (``change``) is in
+    the linear regime, from the changes at :math:`\eta/2` (``half``) and :math:`\eta/4`
+    (``quarter``), all indexed by ``(placement, init)``. The first ratio
+    :math:`\Delta(\eta)/\Delta(\eta/2)` is 2 when the higher-order terms of
+    :math:`\Delta = a\eta + b\eta^2 + \dots` are negligible; a model counts as linear
+    when it is within ``tol`` of 2. For the model furthest from 2, ``detail`` also says
+    whether the second ratio :math:`\Delta(\eta/2)/\Delta(\eta/4)` is closer to 2, as
+    it must be when the departure comes from those terms."""
+    from .plotting import PLACEMENT_LABELS
+
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    for name, s in (("half", half), ("quarter", quarter)):
+        if not s.index.equals(change.index):
+            raise ValueError(f"{name} must have the index of change ({list(change.index)})")
+    first, second = change / half, half / quarter
+    linear = (first - 2).abs() <= tol
+    if linear.all():
+        detail = f"every step moves the logits by at most {change.max():.2f} of their norm"
+    else:
+        w = (first - 2).abs().idxmax()  # the model furthest from the linear regime
+        closer = abs(second[w] - 2) < abs(first[w] - 2)
+        moved = change[linear].max() if linear.any() else math.nan
+        label = PLACEMENT_LABELS.get(w[0], w[0])
+        detail = (
+            f"their steps move the logits by at most {moved:.2f} of their norm, the "
+            f"others' by at least {change[~linear].min():.2f}. The furthest from 2, "
+            f"{label} under {w[1]} (ratio {first[w]:.2f}), moves its logits by "
+            f"{change[w]:.2f} of their own norm in one step: a step that large is not small, "
+            "and the second- and higher-order terms are a large part of the output change. "
+            f"Halving once more, its ratio is {second[w]:.2f}, "
+            + (
+                "closer to 2, as it must be when those terms shrink faster than the linear one"
+                if closer
+                else "no closer to 2"
+            )
+            + ". At the deepest depth some of the changes above are therefore past the linear "
+            "regime, which bends those curves down and lowers their fitted exponents"
+        )
+    table = pd.DataFrame(
+        {"change at eta": change, "eta / (eta/2)": first, "(eta/2) / (eta/4)": second}
+    )
+    return LinearitySummary(
+        table, float(first.min()), float(first.max()), int(linear.sum()), len(linear), detail
+    )
 
 
 def attenuation(

@@ -58,6 +58,7 @@ __all__ = [
     "plot_share_vs_lr",
     "seed_values",
     "share_source",
+    "share_source_sentence",
     "share_summary",
     "stream_rms",
     "top_shared_lr",
@@ -254,6 +255,25 @@ def share_source(deep: Estimate, shallow: Estimate) -> str:
     if shallow.hi < 0:
         return "its shallow layers doing less"
     return "undecided"
+
+
+def share_source_sentence(sources: Mapping[str, str]) -> str:
+    """The sentence on where each design's change of deep share comes from, one clause
+    per design, from ``sources``: design (a placement key) to :func:`share_source`'s word.
+    An ``"undecided"`` source says that the intervals cannot tell."""
+    from .plotting import PLACEMENT_LABELS
+
+    valid = {"its deep layers doing more", "its shallow layers doing less", "undecided"}
+    for design, source in sources.items():
+        if source not in valid:
+            raise ValueError(f"source of {design!r} is {source!r}; valid: {sorted(valid)}")
+    return " ".join(
+        f"{PLACEMENT_LABELS.get(d, d)}'s change of share comes from {s}."
+        if s != "undecided"
+        else f"Whether {PLACEMENT_LABELS.get(d, d)}'s change of share comes from its deep or "
+        "its shallow layers, the intervals cannot tell."
+        for d, s in sources.items()
+    )
 
 
 def seed_values(

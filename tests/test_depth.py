@@ -238,3 +238,27 @@ def test_legend_below_moves_one_legend_off_the_axes():
     with pytest.raises(ValueError, match="legend"):
         P.legend_below(fig, axes)
     plt.close(fig)
+
+
+def test_linearity_summary_counts_linear_models_and_names_the_furthest():
+    # Fails if a ratio of exactly 2 is not counted linear, if the furthest model is not the
+    # one named, or if the second ratio's direction is misread.
+    import pandas as pd
+
+    idx = pd.MultiIndex.from_tuples(
+        [("pre", "gpt2"), ("post", "xavier")], names=["placement", "init"]
+    )
+    change = pd.Series([0.2, 1.2], index=idx)
+    half = pd.Series([0.1, 1.2 / 1.4], index=idx)  # ratios 2 and 1.4
+    quarter = pd.Series([0.05, (1.2 / 1.4) / 1.8], index=idx)  # second ratio 1.8: closer to 2
+    out = P.linearity_summary(change, half, quarter)
+    assert (out.n_linear, out.n) == (1, 2)
+    assert out.lin_min == pytest.approx(1.4) and out.lin_max == pytest.approx(2.0)
+    assert "Post-LN under xavier (ratio 1.40)" in out.detail and "closer to 2" in out.detail
+    assert "no closer" in P.linearity_summary(change, half, half / 1.3).detail
+    every = P.linearity_summary(change, change / 2, change / 4)
+    assert every.n_linear == 2 and every.detail.startswith("every step moves")
+    with pytest.raises(ValueError, match="index of change"):
+        P.linearity_summary(change, half.iloc[:1], quarter)
+    with pytest.raises(ValueError, match="tol must be positive"):
+        P.linearity_summary(change, half, quarter, tol=0)

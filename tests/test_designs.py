@@ -373,3 +373,15 @@ def test_interval_top_shared_lr_and_growth_word():
     assert growth_word(5.0, 30.0) == GROWTH_WORDS[1]
     assert growth_word(40.0, 30.0) == GROWTH_WORDS[2]
     assert growth_word(float("nan"), 30.0, missing="n/a") == "n/a"
+
+
+def test_share_source_sentence_one_clause_per_design():
+    # Fails if a decided source is reported as undecided (or the reverse), if the labels
+    # are not the book's, or if an unknown word passes silently.
+    from prenorm import share_source_sentence
+
+    text = share_source_sentence({"lns": "its deep layers doing more", "mixln": "undecided"})
+    assert text.startswith("LN Scaling's change of share comes from its deep layers doing more.")
+    assert "Whether Mix-LN's change of share comes from its deep or its shallow" in text
+    with pytest.raises(ValueError, match="valid"):
+        share_source_sentence({"lns": "deep"})
