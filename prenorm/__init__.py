@@ -158,7 +158,15 @@ from .rmsnorm_study import (
     speed_table,
     time_ratios,
 )
-from .stats import depth_exponent, paired_difference, rate, steps_to_reach, t_interval, t_quantile
+from .stats import (
+    depth_exponent,
+    paired_difference,
+    rate,
+    rate_interval,
+    steps_to_reach,
+    t_interval,
+    t_quantile,
+)
 from .sweeps import (
     BACKENDS,
     SEED_POOLING,
@@ -239,6 +247,7 @@ from .warmup import (
     first_steps,
     matches_treatment,
     necessity_table,
+    need_estimate,
     need_rate,
     outcome_counts,
     paired_t,
@@ -365,6 +374,7 @@ __all__ = [
     "depth_exponent",
     "paired_difference",
     "rate",
+    "rate_interval",
     "runs_of",
     "steps_to_reach",
     "t_interval",
@@ -505,6 +515,7 @@ __all__ = [
     "stall_escape",
     "plot_long_runs",
     "plot_cell_differences",
+    "need_estimate",
     "need_rate",
     "necessity_table",
     "cell_differences",

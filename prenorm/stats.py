@@ -23,6 +23,7 @@ __all__ = [
     "depth_exponent",
     "paired_difference",
     "rate",
+    "rate_interval",
     "steps_to_reach",
     "t_interval",
     "t_quantile",
@@ -150,3 +151,28 @@ def rate(outcomes: pd.Series | Sequence[str], word: str) -> float:
     if word == "failed":
         return float((s != "trained").mean())
     return float((s == word).mean())
+
+
+def rate_interval(outcomes: pd.Series | Sequence[str], word: str, level: float = 0.95) -> Estimate:
+    r""":func:`rate` with its Wilson score interval: for :math:`k` of :math:`n` runs and
+    :math:`z` the normal quantile of :math:`(1 + \mathrm{level})/2`,
+
+    .. math:: \frac{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n},
+        \qquad \hat p = k/n.
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a
+    point at :math:`\hat p = 0` or 1, so 0 of 2 runs gives [0, 0.66], not [0, 0]: a
+    rate from a handful of runs decides a threshold only when the whole interval lies
+    on one side. NaN for no runs."""
+    from statistics import NormalDist
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level!r}")
+    p = rate(outcomes, word)
+    n = len(pd.Series(outcomes, dtype=object))
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)

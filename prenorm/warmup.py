@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .stats import paired_difference, rate
+from .stats import paired_difference, rate, rate_interval
+from .verdicts import Estimate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,6 +43,7 @@ __all__ = [
     "first_steps",
     "matches_treatment",
     "necessity_table",
+    "need_estimate",
     "need_rate",
     "outcome_counts",
     "paired_t",
@@ -194,6 +196,22 @@ def need_rate(table: pd.DataFrame) -> float:
     if not len(sub):
         return math.nan
     return float((sub.n_cold * sub.failed_cold).sum() / sub.n_cold.sum())
+
+
+def need_estimate(
+    runs: pd.DataFrame, warm: int, cell: Sequence[str] = ("n_layers", "lr")
+) -> Estimate:
+    """:func:`need_rate` with its 95% Wilson interval (:func:`~prenorm.rate_interval`):
+    the failure rate of the runs without warmup in the cells of ``runs`` (one
+    placement's, as for :func:`necessity_table`) where every run with ``warm`` warmup
+    steps trained. A handful of runs gives a wide interval, so a threshold inside it
+    leaves the prediction undecided rather than decided by two runs. NaN when no cell
+    qualifies."""
+    table = necessity_table(runs, warm, cell)
+    cells = table.index[table.warmup_trains]
+    key = pd.MultiIndex.from_frame(runs[list(cell)]) if len(cell) > 1 else runs[cell[0]]
+    cold = runs[(runs.warmup_steps == 0) & key.isin(cells)]
+    return rate_interval(cold.outcome, "failed")
 
 
 def stall_escape(

@@ -133,3 +133,18 @@ def test_runs_of_gives_one_row_per_run(corpus):
     assert len(P.runs_of(glued)) == 8
     with pytest.raises(KeyError, match="run"):
         P.runs_of(hist.drop(columns="run"))
+
+
+def test_rate_interval_is_wilsons_and_does_not_collapse_at_zero():
+    # Fails if the interval is the normal approximation (which gives [0, 0] at 0 of n), if
+    # it leaves [0, 1], or if the centre is not the observed rate. Reference values: the
+    # Wilson score interval worked out by hand, 0/2 -> [0, 0.658], 3/10 -> [0.108, 0.603].
+    e = P.rate_interval(["stalled", "diverged"], "trained")
+    assert (e.value, e.n) == (0.0, 2) and e.lo == 0.0 and e.hi == pytest.approx(0.658, abs=1e-3)
+    e = P.rate_interval(["trained"] * 3 + ["stalled"] * 7, "trained")
+    assert e.value == pytest.approx(0.3)
+    assert (e.lo, e.hi) == (pytest.approx(0.108, abs=1e-3), pytest.approx(0.603, abs=1e-3))
+    assert P.rate_interval(["trained"] * 4, "failed").hi < 0.5  # 0 of 4 failed
+    assert math.isnan(P.rate_interval([], "trained").value)
+    with pytest.raises(ValueError, match="level"):
+        P.rate_interval(["trained"], "trained", level=1.0)

@@ -317,12 +317,18 @@ def test_necessity_pools_only_cells_where_warmup_trains_every_run():
     assert table.loc[(4, 0.1)].trained_warm == 0.5
     assert table.warmup_trains.to_dict() == {(2, 0.1): True, (2, 0.3): True, (4, 0.1): False}
     assert P.need_rate(table) == pytest.approx(0.75)
+    # The same rate with its Wilson interval over the 4 qualifying no-warmup runs (3 of 4
+    # failed: [0.301, 0.954] by hand); fails if the untestable cell's runs are counted.
+    est = P.need_estimate(runs, 50)
+    assert est.value == pytest.approx(0.75) and est.n == 4
+    assert (est.lo, est.hi) == (pytest.approx(0.301, abs=1e-3), pytest.approx(0.954, abs=1e-3))
 
 
 def test_need_rate_is_nan_when_warmup_trains_no_cell():
     # Fails if an untestable grid reads as 0 (a failed prediction) instead of "cannot tell".
     runs = _post_cells({(2, 0.1, 50): [S, T], (2, 0.1, 0): [S, S]})
     assert math.isnan(P.need_rate(P.necessity_table(runs, 50)))
+    assert math.isnan(P.need_estimate(runs, 50).value)
 
 
 def test_necessity_table_names_a_cell_missing_a_side():
