@@ -242,19 +242,22 @@ def growth_word(growth: float, baseline: float, stop: float = 2.0, missing: str 
 
 
 def share_source(deep: Estimate, shallow: Estimate) -> str:
-    r"""Where a rise of the deep share against a baseline comes from, in words, from the
+    r"""Where a change of the deep share against a baseline comes from, in words, from the
     paired differences (design minus baseline, each with its interval) of the deep layers'
     summed loss increase (``deep``) and of the shallow layers' (``shallow``, layer 0 left
-    out). ``"its deep layers doing more"`` when the deep difference's interval lies
-    above 0; ``"its shallow layers doing less"`` when the shallow one lies below 0 and the
-    deep one does not lie above it; otherwise ``"undecided"`` (both intervals reach 0)."""
+    out). Each difference whose interval lies wholly above 0 reads as those layers "doing
+    more", wholly below 0 as "doing less"; the decided parts are joined with "and"
+    (``"its deep layers doing more and its shallow layers doing less"``), and with neither
+    decided (both intervals reach 0) the result is ``"undecided"``."""
     if not (isinstance(deep, Estimate) and isinstance(shallow, Estimate)):
         raise TypeError(f"share_source takes two Estimates, got {deep!r} and {shallow!r}")
-    if deep.lo > 0:
-        return "its deep layers doing more"
-    if shallow.hi < 0:
-        return "its shallow layers doing less"
-    return "undecided"
+    parts = []
+    for name, e in (("deep", deep), ("shallow", shallow)):
+        if e.lo > 0:
+            parts.append(f"its {name} layers doing more")
+        elif e.hi < 0:
+            parts.append(f"its {name} layers doing less")
+    return " and ".join(parts) if parts else "undecided"
 
 
 def share_source_sentence(sources: Mapping[str, str]) -> str:
@@ -263,10 +266,12 @@ def share_source_sentence(sources: Mapping[str, str]) -> str:
     An ``"undecided"`` source says that the intervals cannot tell."""
     from .plotting import PLACEMENT_LABELS
 
-    valid = {"its deep layers doing more", "its shallow layers doing less", "undecided"}
     for design, source in sources.items():
-        if source not in valid:
-            raise ValueError(f"source of {design!r} is {source!r}; valid: {sorted(valid)}")
+        if not (source == "undecided" or source.startswith("its ")):
+            raise ValueError(
+                f"source of {design!r} is {source!r}; valid: 'undecided' or a phrase of "
+                "share_source ('its deep layers doing more', ...)"
+            )
     return " ".join(
         f"{PLACEMENT_LABELS.get(d, d)}'s change of share comes from {s}."
         if s != "undecided"

@@ -311,14 +311,18 @@ def test_with_diverged_shows_a_diverged_cell_as_a_word_not_a_number():
 
 
 def test_share_source_decides_only_outside_the_intervals():
-    # Fails if an interval that reaches 0 decides (the third and fourth cases would name a
-    # source), if a deep rise that is sure loses to a shallow fall, or if a non-Estimate
-    # is accepted.
+    # Fails if an interval that reaches 0 decides (the "undecided" cases would name a
+    # source), if a decided fall is reported as undecided (chapter 9's LNS, whose deep
+    # layers' interval lay wholly below 0), if one decided part hides the other, or if a
+    # non-Estimate is accepted.
     from prenorm import Estimate, share_source
 
     up, down, zero = Estimate(0.02, 0.01, 0.03), Estimate(-0.02, -0.03, -0.01), Estimate(0, -1, 1)
-    assert share_source(up, down) == "its deep layers doing more"
+    assert share_source(up, zero) == "its deep layers doing more"
+    assert share_source(up, down) == "its deep layers doing more and its shallow layers doing less"
     assert share_source(zero, down) == "its shallow layers doing less"
+    assert share_source(down, zero) == "its deep layers doing less"  # a fall is decided too
+    assert share_source(zero, up) == "its shallow layers doing more"
     assert share_source(zero, zero) == "undecided"
     assert share_source(Estimate(-0.02, -0.03, 0.001), zero) == "undecided"
     with pytest.raises(TypeError, match="Estimates"):
