@@ -43,6 +43,7 @@ __all__ = [
     "first_steps",
     "matches_treatment",
     "necessity_table",
+    "diff_ranges",
     "need_estimate",
     "need_rate",
     "outcome_counts",
@@ -212,6 +213,23 @@ def need_estimate(
     key = pd.MultiIndex.from_frame(runs[list(cell)]) if len(cell) > 1 else runs[cell[0]]
     cold = runs[(runs.warmup_steps == 0) & key.isin(cells)]
     return rate_interval(cold.outcome, "failed")
+
+
+def diff_ranges(diffs: pd.DataFrame, depths: Sequence[int], column: str = "mean") -> str:
+    """The per-cell differences of ``diffs`` (:func:`cell_differences`: one row per cell,
+    ``n_layers`` and the difference in ``column``) summed up per depth in words: "from
+    -0.053 to +0.075 nats at L = 6"; a depth with one cell reads "+0.491 nats at L = 12
+    (one cell)"; depths without cells are left out, and none at all gives "over no
+    cell"."""
+    _need(diffs, ["n_layers", column])
+    parts = []
+    for L in depths:
+        d = diffs.loc[diffs.n_layers == L, column]
+        if len(d) == 1:
+            parts.append(f"{d.iloc[0]:+.3f} nats at L = {L} (one cell)")
+        elif len(d):
+            parts.append(f"from {d.min():+.3f} to {d.max():+.3f} nats at L = {L}")
+    return "; ".join(parts) or "over no cell"
 
 
 def stall_escape(

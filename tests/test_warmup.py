@@ -403,3 +403,12 @@ def test_new_figures_draw_one_row_per_cell_and_one_line_per_seed():
     ax = P.plot_long_runs(hist, 10, 3.0, 0.1)
     assert [line.get_label() for line in ax.get_lines()][:2] == ["seed 0", "seed 1"]
     plt.close("all")
+
+
+def test_diff_ranges_says_one_cell_once_and_skips_empty_depths():
+    # Fails if a depth with one cell reads "from x to x" (chapter 5's L = 12 did), if an
+    # empty depth is printed, or if the range is not min to max.
+    diffs = pd.DataFrame({"n_layers": [6, 6, 12], "mean": [0.075, -0.053, 0.491]})
+    text = P.diff_ranges(diffs, [6, 12, 24])
+    assert text == "from -0.053 to +0.075 nats at L = 6; +0.491 nats at L = 12 (one cell)"
+    assert P.diff_ranges(diffs.iloc[:0], [6]) == "over no cell"
