@@ -176,8 +176,32 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
     ``"after"``), ``scale_mean`` and ``scale_std`` (over tokens), ``scale_sq_mean`` (the mean of
     :math:`\sigma^2`), ``inv_scale_mean``.
     """
+    rows = []
+    for l, which, slot, mod, x in _norm_inputs(model, batch):
+        scale = mod.scale(x).flatten()
+        rows.append(
+            {
+                "layer": l,
+                "sublayer": which,
+                "position": _position(l, which),
+                "slot": slot,
+                "scale_mean": scale.mean().item(),
+                "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
+                "scale_sq_mean": scale.pow(2).mean().item(),
+                "inv_scale_mean": (1 / scale).mean().item(),
+            }
+        )
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def _norm_inputs(
+    model: TransformerLM, batch: Batch
+) -> list[tuple[int, str, str, torch.nn.Module, Tensor]]:
+    """The input every norm of every block sees on ``batch``, in one forward pass:
+    ``(layer, sublayer, slot, norm module, input)`` in the order the norms run, each input
+    detached with its leading dimensions kept."""
     x0, _ = _stream_input(model, batch)
-    rows: list[dict[str, object]] = []
+    seen: list[tuple[int, str, str, torch.nn.Module, Tensor]] = []
     handles = []
     for l, blk in enumerate(model.blocks):
         for which, slot, norm in blk.norms():
@@ -189,23 +213,11 @@ def norm_input_scales(model: TransformerLM, batch: Batch) -> pd.DataFrame:
                 which: str = which,
                 slot: str = slot,
             ) -> None:
-                scale = mod.scale(args[0].detach()).flatten()
-                rows.append(
-                    {
-                        "layer": l,
-                        "sublayer": which,
-                        "position": _position(l, which),
-                        "slot": slot,
-                        "scale_mean": scale.mean().item(),
-                        "scale_std": scale.std().item() if scale.numel() > 1 else 0.0,
-                        "scale_sq_mean": scale.pow(2).mean().item(),
-                        "inv_scale_mean": (1 / scale).mean().item(),
-                    }
-                )
+                seen.append((l, which, slot, mod, args[0].detach()))
 
             handles.append(norm.register_forward_pre_hook(hook))
     _forward_with_hooks(model, x0, handles)
-    return pd.DataFrame(rows).assign(**model.describe())
+    return seen
 
 
 def activation_outliers(model: TransformerLM, batch: Batch) -> pd.DataFrame:

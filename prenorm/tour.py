@@ -25,7 +25,7 @@ from .blocks import PLACEMENTS, SLOTS
 from .data import Corpus
 from .model import TransformerLM, build_model
 from .norms import layernorm_jacobian, rmsnorm_jacobian
-from .probes import Batch, _forward_with_hooks, _position, _stream_input, hidden_grad_norms
+from .probes import Batch, _norm_inputs, _position, hidden_grad_norms
 from .training import TrainResult, outcome, train
 from .verdicts import Estimate
 
@@ -236,25 +236,14 @@ def norm_jacobian_scale(model: TransformerLM, batch: Batch, tokens: int = 8) -> 
     columns above, plus the model's :meth:`~prenorm.TransformerLM.describe` columns."""
     if not (isinstance(tokens, int) and tokens >= 1):
         raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
-    x0, _ = _stream_input(model, batch)
-    seen: list[tuple[int, str, str, torch.nn.Module, Tensor]] = []
-    handles = []
-    for l, blk in enumerate(model.blocks):
-        for which, slot, norm in blk.norms():
+    for blk in model.blocks:
+        for _, _, norm in blk.norms():
             if not (hasattr(norm, "scale") and hasattr(norm, "weight")):
                 raise TypeError(f"norm {type(norm).__name__} has no scale or weight to compare")
-
-            def hook(
-                mod: torch.nn.Module,
-                args: tuple[Tensor, ...],
-                l: int = l,
-                which: str = which,
-                slot: str = slot,
-            ) -> None:
-                seen.append((l, which, slot, mod, args[0].detach().reshape(-1, args[0].shape[-1])))
-
-            handles.append(norm.register_forward_pre_hook(hook))
-    _forward_with_hooks(model, x0, handles)
+    seen = [
+        (l, w, slot, mod, x.reshape(-1, x.shape[-1]))
+        for l, w, slot, mod, x in _norm_inputs(model, batch)
+    ]
     rows = []
     for l, which, slot, mod, s in seen:
         sigma = mod.scale(s)
