@@ -431,6 +431,30 @@ class AdamPick:
         """The best setting was not the defaults, but did not beat them decidedly."""
         return self.keeps_default and self.best_label != self.default_label
 
+    def summary(self) -> str:
+        """How the pick was made, in one or two sentences with its numbers (nats, 95%
+        intervals over the search seeds), for the chapter's prose."""
+        e, r = self.vs_default, self.vs_runner_up
+        runner = (
+            f" The runner-up, {self.runner_up}, ended {r.value:+.4f} nats from it "
+            f"[{r.lo:+.4f}, {r.hi:+.4f}]."
+            if self.runner_up
+            else ""
+        )
+        if self.best_label == self.default_label:
+            return (
+                "Adam's defaults had the lowest mean loss of the search, so they are the tuned "
+                "setting: the search found nothing better to tune them to." + runner
+            )
+        diff = f"{e.value:+.4f} nats from the defaults [{e.lo:+.4f}, {e.hi:+.4f}]"
+        if self.keeps_default:
+            return (
+                f"The lowest mean loss was {self.best_label}'s, {diff}: an interval that does "
+                "not lie below 0, a tie, resolved toward the defaults, which are therefore the "
+                "tuned setting."
+            )
+        return f"{self.best_label} ended {diff}, wholly below 0: it is the tuned setting." + runner
+
     def table(self, digits: int = 4) -> pd.DataFrame:
         """The pick in one small table: the two paired differences behind it, in nats."""
         rows = {

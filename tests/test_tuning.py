@@ -283,6 +283,7 @@ def test_pick_adam_setting_takes_a_decided_winner():
     assert pick.vs_runner_up.value == pytest.approx(0.3)
     assert not pick.edge  # 3e-3 lies between 1e-3 and 1e-2
     assert list(pick.table().columns) == ["mean", "lo", "hi", "n"]
+    assert "wholly below 0: it is the tuned setting" in pick.summary()
 
 
 def test_pick_adam_setting_resolves_a_tie_toward_the_defaults():
@@ -296,6 +297,7 @@ def test_pick_adam_setting_resolves_a_tie_toward_the_defaults():
     assert pick.vs_default.lo < 0 < pick.vs_default.hi
     assert pick.keeps_default and pick.resolved_tie
     assert pick.setting == P.ADAM_DEFAULTS
+    assert "a tie, resolved toward the defaults" in pick.summary()
 
 
 def test_pick_adam_setting_keeps_defaults_that_are_best_and_flags_an_edge():
@@ -305,6 +307,7 @@ def test_pick_adam_setting_keeps_defaults_that_are_best_and_flags_an_edge():
     assert pick.keeps_default and not pick.resolved_tie
     assert pick.best_label == pick.default_label and math.isnan(pick.vs_default.value)
     assert pick.edge  # 1e-3 is the smallest rate of this search
+    assert pick.summary().startswith("Adam's defaults had the lowest mean loss")
     runs = _search_runs()
     runs.loc[runs.lr == 1e-2, ["final_val_loss", "diverged"]] = [0.9, False]
     pick = P.pick_adam_setting(runs)
