@@ -210,6 +210,7 @@ from .training import (
 )
 from .tuning import (
     ADAM_DEFAULTS,
+    AdamPick,
     OptimizerContrast,
     TuningSummary,
     adam_contrast_grids,
@@ -219,6 +220,7 @@ from .tuning import (
     miss_cost,
     optimizer_contrast,
     paired_gaps,
+    pick_adam_setting,
     plot_adam_contrast,
     plot_setting_sweep,
     search_table,
@@ -499,6 +501,8 @@ __all__ = [
     "adam_contrast_grids",
     "adam_search_grids",
     "best_adam_setting",
+    "pick_adam_setting",
+    "AdamPick",
     "optimizer_contrast",
     "search_table",
     "setting_label",

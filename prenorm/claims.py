@@ -78,6 +78,8 @@ class ClaimTest:
     measured: dict[str, float | Estimate | bool] = field(default_factory=dict, init=False)
     judged_seeds: tuple[int, ...] | None = field(default=None, init=False)
     judged_on_development: bool = field(default=False, init=False)
+    device: str | None = field(default=None, init=False)
+    implementation: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         ledger.CLAIMS.check(self.claim)
@@ -136,6 +138,24 @@ class ClaimTest:
             return f"judged on seeds {seeds}"
         dev = ", ".join(str(s) for s in self.development_seeds)
         return f"judged on fresh seeds {seeds} (development seeds {dev} not used)"
+
+    def scoped(self, device: str, implementation: str) -> ClaimTest:
+        """Say that the result is a property of a ``device`` and an ``implementation``, not of
+        scale: the glued verdict (:meth:`glue`) and the ledger row (:meth:`record`) then
+        name both (:func:`prenorm.ledger.verdict_text`). Returns the test itself."""
+        for name, value in (("device", device), ("implementation", implementation)):
+            if not (isinstance(value, str) and value.strip()):
+                raise ValueError(
+                    f"claim {self.claim}: {name} must be a non-empty string, got {value!r}"
+                )
+        self.device, self.implementation = device, implementation
+        return self
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict as the reader sees it: :attr:`verdict`, scoped to the device and the
+        implementation when :meth:`scoped` named them."""
+        return ledger.verdict_text(self.verdict, self.device, self.implementation)
 
     @property
     def prefix(self) -> str:
@@ -275,7 +295,8 @@ class ClaimTest:
         return table
 
     def glue(self) -> str:
-        """Glue, under this claim's :attr:`prefix`: ``{prefix}_verdict``; the failed, held
+        """Glue, under this claim's :attr:`prefix`: ``{prefix}_verdict`` (the
+        :attr:`verdict_text`); the failed, held
         and undecided predictions in words (``{prefix}_failed``, ``{prefix}_held``,
         ``{prefix}_undecided``); and each prediction's measured value as
         ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``); after
@@ -285,7 +306,7 @@ class ClaimTest:
 
         v = self.verdict
         p = self.prefix
-        _glue(f"{p}_verdict", v)
+        _glue(f"{p}_verdict", self.verdict_text)
         for outcome, word in (("fails", "failed"), ("holds", "held"), ("undecided", "undecided")):
             _glue(f"{p}_{word}", self.sentence(outcome))
         for k in self.predictions:
@@ -301,7 +322,16 @@ class ClaimTest:
     def record(self, key: str, scale: str) -> dict[str, str]:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
         verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
-        split) and this test's section. Returns the row."""
+        split), this test's section, and the device and implementation of :meth:`scoped`.
+        Returns the row."""
         note = self.seeds_note()
         text = f"{key}; {note}" if note else key
-        return ledger.record(self.claim, self.verdict, text, section=self.section, scale=scale)
+        return ledger.record(
+            self.claim,
+            self.verdict,
+            text,
+            section=self.section,
+            scale=scale,
+            device=self.device,
+            implementation=self.implementation,
+        )

@@ -29,7 +29,17 @@ import pandas as pd
 from .registry import Registry
 from .verdicts import VERDICTS
 
-__all__ = ["CLAIMS", "Claim", "LedgerError", "build_id", "read", "record", "results_dir", "to_html"]
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "LedgerError",
+    "build_id",
+    "read",
+    "record",
+    "results_dir",
+    "to_html",
+    "verdict_text",
+]
 
 
 @dataclass(frozen=True)
@@ -123,10 +133,15 @@ def record(
     section: str,
     scale: str,
     directory: Path | str | None = None,
+    device: str | None = None,
+    implementation: str | None = None,
 ) -> dict[str, str]:
     """Write the ledger row of ``claim`` (a key of :data:`CLAIMS`): its ``verdict`` (one
     of :data:`~prenorm.VERDICTS`), the ``key`` number as text, the MyST label of the
-    ``section`` that measured it and the ``scale`` preset it ran at. Returns the row."""
+    ``section`` that measured it and the ``scale`` preset it ran at; for a result that is
+    a property of a device and an implementation rather than of scale, ``device`` and
+    ``implementation`` too, which :func:`verdict_text` puts into the verdict shown.
+    Returns the row."""
     c = CLAIMS[claim]
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}; valid verdicts are {list(VERDICTS)}")
@@ -143,6 +158,11 @@ def record(
         "build": build_id(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    for name, value in (("device", device), ("implementation", implementation)):
+        if value is not None:
+            if not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"claim {claim}: {name} must be a non-empty string, got {value!r}")
+            row[name] = value
     folder = Path(directory) if directory is not None else results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{claim}.json.tmp"
@@ -189,8 +209,27 @@ def read(
     return pd.DataFrame(rows)
 
 
+def verdict_text(verdict: str, device: object = None, implementation: object = None) -> str:
+    """The verdict as shown to the reader: ``verdict`` itself, or, for a row that names the
+    ``device`` and ``implementation`` its result depends on (either may be missing: ``None``,
+    NaN or empty), the verdict scoped to them: "at this scale" becomes "on {device}, with
+    {implementation}", and any other verdict gets the same words appended."""
+    parts = [
+        f"{prefix}{v}"
+        for prefix, v in (("on ", device), ("with ", implementation))
+        if isinstance(v, str) and v.strip()
+    ]
+    if not parts:
+        return verdict
+    scope = ", ".join(parts)
+    if "at this scale" in verdict:
+        return verdict.replace("at this scale", scope)
+    return f"{verdict} {scope}"
+
+
 def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
-    """The ledger as an HTML table for the landing page: claim, verdict, key number and a
+    """The ledger as an HTML table for the landing page: claim, verdict (scoped by
+    :func:`verdict_text` where the row names a device and an implementation), key number and a
     link to the section (``{chapter}{suffix}#{section}``) that measured it."""
     esc = html.escape  # every field, text and attribute alike (quotes included)
     cells = []
@@ -202,10 +241,13 @@ def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
         )
         number = int(r.chapter[:2]) if str(r.chapter)[:2].isdigit() else r.chapter
         link = f'<a href="{esc(href)}">ch. {esc(str(number))}</a>'
+        shown = verdict_text(
+            str(r.verdict), getattr(r, "device", None), getattr(r, "implementation", None)
+        )
         cls = "verdict-" + re.sub(r"[^a-z-]", "", str(r.verdict).split()[0].lower())
         cells.append(
             f"<tr><td>{esc(str(r.id))}</td><td>{esc(str(r.claim))}</td>"
-            f'<td class="{esc(cls)}">{esc(str(r.verdict))}</td>'
+            f'<td class="{esc(cls)}">{esc(shown)}</td>'
             f"<td>{esc(str(r.key))}</td><td>{link}</td></tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("", "the post's claim", "verdict", "key number", ""))

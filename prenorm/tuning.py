@@ -24,17 +24,22 @@ From such sweeps:
 
 **Default against tuned Adam** (chapter 8). *Default* is :data:`ADAM_DEFAULTS`, PyTorch's
 ``torch.optim.Adam`` as it comes (:math:`\eta = 10^{-3}`, :math:`\beta = (0.9, 0.999)`, no
-weight decay) with no warmup and a constant rate. *Tuned* is the setting of a small search
-(:func:`adam_search_grids`, :func:`search_table`, :func:`best_adam_setting`) chosen on
-development seeds and then fixed. On confirmation seeds :math:`s`, each trained three
-times (default with LayerNorm, tuned with LayerNorm, tuned with RMSNorm; final losses
-:math:`\ell^{D}_s, \ell^{T}_s, \ell^{R}_s`), :func:`optimizer_contrast` gives, each as a
-mean with its Student-*t* interval over seeds:
+weight decay) with no warmup and a constant rate. *Tuned* is the pick of a small search
+(:func:`adam_search_grids`, :func:`search_table`, :func:`pick_adam_setting`) on development
+seeds: the setting with the lowest mean loss, but only if its paired difference from the
+defaults over those seeds has a Student-*t* interval wholly below 0; otherwise the tie is
+resolved toward the defaults, which are then the tuned setting. On confirmation seeds
+:math:`s`, with final losses :math:`\ell^{D}_s` (default, LayerNorm), :math:`\ell^{T}_s`
+(tuned, LayerNorm) and :math:`\ell^{R}_s` (tuned, RMSNorm), :func:`optimizer_contrast`
+gives, each as a mean with its Student-*t* interval over seeds:
 
-- the optimizer gap :math:`o_s = \ell^{D}_s - \ell^{T}_s`;
-- the norm gap :math:`n_s = |\ell^{R}_s - \ell^{T}_s|` (the size of the swap, per seed, so
-  its mean is at least the size of the mean swap: the comparison is harder for the optimizer);
-- the margin :math:`g_s = o_s - n_s`, positive when tuning moved the loss more than the swap.
+- the tuning gain :math:`G_s = \ell^{D}_s - \ell^{T}_s` (positive when tuning helps);
+- the signed norm effect :math:`N_s = \ell^{R}_s - \ell^{T}_s` (positive when RMSNorm is worse);
+- :math:`G_s - N_s = \ell^{D}_s - \ell^{R}_s` and :math:`G_s + N_s`. Tuning moves the loss
+  more than the swap, whichever way the swap moves it, when :math:`\bar G > |\bar N|`,
+  that is when both :math:`\bar G - \bar N > 0` and :math:`\bar G + \bar N > 0`: the two
+  intervals, each at 95%, decide it together (an intersection-union test, which needs no
+  correction for the two).
 """
 
 from __future__ import annotations
@@ -57,8 +62,10 @@ __all__ = [
     "OptimizerContrast",
     "TuningSummary",
     "adam_contrast_grids",
+    "AdamPick",
     "adam_search_grids",
     "best_adam_setting",
+    "pick_adam_setting",
     "optimizer_contrast",
     "best_setting",
     "miss_cost",
@@ -382,21 +389,183 @@ def best_adam_setting(runs: pd.DataFrame, value: str = _VALUE) -> dict[str, obje
     }
 
 
+def _setting_key(setting: Mapping[str, object]) -> tuple[object, ...]:
+    """A setting's :data:`SETTING_COLUMNS` values from :func:`~prenorm.train` keyword
+    arguments, rounded as :func:`setting_label` writes them."""
+    return (
+        str(setting["optimizer"]),
+        float(f"{float(setting['lr']):g}"),
+        float(f"{float(setting['betas'][1]):g}"),
+        int(setting["warmup_steps"]),
+        float(f"{float(setting['weight_decay']):g}"),
+    )
+
+
+@dataclass(frozen=True)
+class AdamPick:
+    r"""What a search over Adam settings picked (:func:`pick_adam_setting`).
+
+    ``setting``: the :func:`~prenorm.train` keyword arguments of the tuned setting, the
+    defaults themselves when ``keeps_default``; ``best`` and ``best_label``: the setting
+    with the lowest mean loss among those with no diverged run; ``default_label``: the
+    defaults' label; ``vs_default``: the paired difference best minus defaults over the
+    search seeds, mean and Student-*t* interval (NaN when the best is the defaults);
+    ``runner_up``: the next best clean setting's label (``""`` if none) and
+    ``vs_runner_up``, the paired difference runner-up minus best; ``keeps_default``: the
+    defaults are the pick, because they were best or because the best did not beat them
+    decidedly (interval not wholly below 0); ``edge``: the best setting's learning rate is
+    the smallest or largest of the search, so the search has not bracketed its optimum."""
+
+    setting: dict[str, object]
+    best: dict[str, object]
+    best_label: str
+    default_label: str
+    vs_default: Estimate
+    runner_up: str
+    vs_runner_up: Estimate
+    keeps_default: bool
+    edge: bool
+
+    @property
+    def resolved_tie(self) -> bool:
+        """The best setting was not the defaults, but did not beat them decidedly."""
+        return self.keeps_default and self.best_label != self.default_label
+
+    def summary(self) -> str:
+        """How the pick was made, in one or two sentences with its numbers (nats, 95%
+        intervals over the search seeds), for the chapter's prose."""
+        e, r = self.vs_default, self.vs_runner_up
+        runner = (
+            f" The runner-up, {self.runner_up}, ended {r.value:+.4f} nats from it "
+            f"[{r.lo:+.4f}, {r.hi:+.4f}]."
+            if self.runner_up
+            else ""
+        )
+        if self.best_label == self.default_label:
+            return (
+                "Adam's defaults had the lowest mean loss of the search, so they are the tuned "
+                "setting: the search found nothing better to tune them to." + runner
+            )
+        diff = f"{e.value:+.4f} nats from the defaults [{e.lo:+.4f}, {e.hi:+.4f}]"
+        if self.keeps_default:
+            return (
+                f"The lowest mean loss was {self.best_label}'s, {diff}: an interval that does "
+                "not lie below 0, a tie, resolved toward the defaults, which are therefore the "
+                "tuned setting."
+            )
+        return f"{self.best_label} ended {diff}, wholly below 0: it is the tuned setting." + runner
+
+    def table(self, digits: int = 4) -> pd.DataFrame:
+        """The pick in one small table: the two paired differences behind it, in nats."""
+        rows = {
+            f"best ({self.best_label}) - defaults": self.vs_default,
+            f"runner-up ({self.runner_up or 'none'}) - best": self.vs_runner_up,
+        }
+        return pd.DataFrame(
+            {
+                "mean": [e.value for e in rows.values()],
+                "lo": [e.lo for e in rows.values()],
+                "hi": [e.hi for e in rows.values()],
+                "n": [e.n for e in rows.values()],
+            },
+            index=list(rows),
+        ).round(digits)
+
+
+def pick_adam_setting(
+    runs: pd.DataFrame,
+    defaults: Mapping[str, object] = ADAM_DEFAULTS,
+    value: str = _VALUE,
+    level: float = 0.95,
+) -> AdamPick:
+    r"""The tuned setting of a search (the runs of :func:`adam_search_grids`, which must
+    include ``defaults``), decided with ties resolved toward the defaults: the setting
+    :math:`b` with the lowest mean ``value`` among those none of whose runs diverged is
+    the pick only if the paired differences :math:`\ell_s(b) - \ell_s(\text{defaults})`
+    over the search seeds have a Student-*t* interval at ``level`` wholly below 0;
+    otherwise the pick is ``defaults``. A search needs two seeds for an interval; with one,
+    the pick is always the defaults. See :class:`AdamPick` for what else is returned."""
+    from .stats import t_interval
+
+    table = search_table(runs, value)
+    clean = table[table["diverged"] == 0]
+    if not len(clean):
+        raise ValueError("every setting of the search had a diverged run: there is no best one")
+    key = _setting_key(defaults)
+    keys = {
+        label: (
+            str(r["optimizer"]),
+            float(r["lr"]),
+            float(r["beta2"]),
+            int(r["warmup_steps"]),
+            float(r["weight_decay"]),
+        )
+        for label, r in table.iterrows()
+    }
+    default_label = next((label for label, k in keys.items() if k == key), None)
+    if default_label is None:
+        raise ValueError(
+            f"the search has no run with the defaults {dict(defaults)}; settings: {list(keys)}"
+        )
+    labelled = _trained(runs).assign(
+        setting=[setting_label(r) for _, r in _trained(runs).iterrows()]
+    )
+    wide = labelled.pivot_table(index="seed", columns="setting", values=value)
+
+    def paired(a: str, b: str) -> Estimate:
+        if a == b or a not in wide or b not in wide:
+            return Estimate(math.nan, math.nan, math.nan)
+        d = (wide[a] - wide[b]).dropna()
+        return t_interval(d.to_numpy(), level) if len(d) else Estimate(math.nan, math.nan, math.nan)
+
+    best_label = str(clean.index[0])
+    runner = str(clean.index[1]) if len(clean) > 1 else ""
+    vs_default = paired(best_label, default_label)
+    beats = best_label != default_label and vs_default.n >= 2 and vs_default.hi < 0
+    row = clean.iloc[0]
+    beta1 = float(runs["beta1"].iloc[0]) if "beta1" in runs.columns else 0.9
+    best = {
+        "optimizer": str(row["optimizer"]),
+        "lr": float(row["lr"]),
+        "betas": (beta1, float(row["beta2"])),
+        "weight_decay": float(row["weight_decay"]),
+        "warmup_steps": int(row["warmup_steps"]),
+        "schedule": "constant",
+    }
+    lrs = runs["lr"].astype(float)
+    return AdamPick(
+        setting=dict(best) if beats else dict(defaults),
+        best=best,
+        best_label=best_label,
+        default_label=default_label,
+        vs_default=vs_default,
+        runner_up=runner,
+        vs_runner_up=paired(runner, best_label)
+        if runner
+        else Estimate(math.nan, math.nan, math.nan),
+        keeps_default=not beats,
+        edge=best["lr"] in (float(lrs.min()), float(lrs.max())),
+    )
+
+
 @dataclass(frozen=True)
 class OptimizerContrast:
     r"""Default against tuned Adam next to a norm swap, on confirmation seeds (see the
-    module's definitions), in nats: ``optimizer_gap`` (:math:`o_s`), ``norm_gap``
-    (:math:`n_s = |\ell^R_s - \ell^T_s|`), ``norm_swap`` (the signed
-    :math:`\ell^R_s - \ell^T_s`) and ``margin`` (:math:`g_s = o_s - n_s`), each an
-    :class:`~prenorm.Estimate` over seeds; ``per_seed``, one row per seed with the three
-    losses and the gaps; ``dropped``, the seeds left out because a run diverged."""
+    module's definitions), in nats, each an :class:`~prenorm.Estimate` over seeds:
+    ``gain`` (:math:`G_s = \ell^D_s - \ell^T_s`), ``norm_effect`` (the signed
+    :math:`N_s = \ell^R_s - \ell^T_s`), ``gain_minus_effect`` (:math:`G_s - N_s`) and
+    ``gain_plus_effect`` (:math:`G_s + N_s`); ``per_seed``, one row per seed with the three
+    losses and the four differences; ``dropped``, the seeds left out because a run
+    diverged; ``tuned_is_default``, whether the tuned setting was the defaults (then
+    :math:`G_s = 0` on every seed, by definition)."""
 
-    optimizer_gap: Estimate
-    norm_gap: Estimate
-    norm_swap: Estimate
-    margin: Estimate
+    gain: Estimate
+    norm_effect: Estimate
+    gain_minus_effect: Estimate
+    gain_plus_effect: Estimate
     per_seed: pd.DataFrame
     dropped: tuple[int, ...]
+    tuned_is_default: bool = False
 
 
 def optimizer_contrast(
@@ -409,18 +578,25 @@ def optimizer_contrast(
     swap: str = "rmsnorm",
     value: str = _VALUE,
     level: float = 0.95,
+    tuned_is_default: bool = False,
 ) -> OptimizerContrast:
     r"""The :class:`OptimizerContrast` of ``runs``: one row per run, with column ``arm``
     (``default`` or ``tuned``), ``by`` (``base`` or ``swap``), ``seed``, ``value`` and
     ``diverged``. Each seed needs the runs (``default``, ``base``), (``tuned``, ``base``)
-    and (``tuned``, ``swap``); a seed with one of them diverged is dropped (and named in
-    ``dropped``). Intervals are Student-*t* at ``level``."""
+    and (``tuned``, ``swap``); with ``tuned_is_default`` (the search kept the defaults,
+    and :func:`adam_contrast_grids` trained them once) the tuned runs are the default
+    arm's own, (``default``, ``base``) and (``default``, ``swap``). A seed with one of its
+    runs diverged is dropped (and named in ``dropped``). Intervals are Student-*t* at
+    ``level``."""
     from .stats import t_interval
 
+    if not isinstance(tuned_is_default, bool):
+        raise TypeError(f"tuned_is_default must be True or False, got {tuned_is_default!r}")
     for col in (arm, by, "seed", value, "diverged"):
         if col not in runs.columns:
             raise KeyError(f"runs lack column {col!r}; columns: {list(runs.columns)}")
-    cells = {"D": (default, base), "T": (tuned, base), "R": (tuned, swap)}
+    t_arm = default if tuned_is_default else tuned
+    cells = {"D": (default, base), "T": (t_arm, base), "R": (t_arm, swap)}
     wide = {}
     bad: set[int] = set()
     for key, (a, n) in cells.items():
@@ -436,20 +612,21 @@ def optimizer_contrast(
     table = table.drop(index=[s for s in dropped if s in table.index])
     if len(table) < 2:
         raise ValueError(f"fewer than two complete seeds (dropped: {dropped}): no interval")
-    table["optimizer gap"] = table["D"] - table["T"]
-    table["norm swap"] = table["R"] - table["T"]
-    table["norm gap"] = table["norm swap"].abs()
-    table["margin"] = table["optimizer gap"] - table["norm gap"]
+    table["gain G"] = table["D"] - table["T"]
+    table["norm effect N"] = table["R"] - table["T"]
+    table["G - N"] = table["gain G"] - table["norm effect N"]
+    table["G + N"] = table["gain G"] + table["norm effect N"]
     table = table.rename(
         columns={"D": f"{default}, {base}", "T": f"{tuned}, {base}", "R": f"{tuned}, {swap}"}
     )
     return OptimizerContrast(
-        optimizer_gap=t_interval(table["optimizer gap"], level),
-        norm_gap=t_interval(table["norm gap"], level),
-        norm_swap=t_interval(table["norm swap"], level),
-        margin=t_interval(table["margin"], level),
+        gain=t_interval(table["gain G"], level),
+        norm_effect=t_interval(table["norm effect N"], level),
+        gain_minus_effect=t_interval(table["G - N"], level),
+        gain_plus_effect=t_interval(table["G + N"], level),
         per_seed=table,
         dropped=dropped,
+        tuned_is_default=tuned_is_default,
     )
 
 
@@ -462,14 +639,19 @@ def adam_contrast_grids(
 ) -> tuple[list[dict[str, list[object]]], list[str]]:
     """The :func:`~prenorm.sweep` grids of the confirmation runs of
     :func:`optimizer_contrast` (``default`` and ``tuned`` are keyword arguments of
-    :func:`~prenorm.train`, such as :data:`ADAM_DEFAULTS` and :func:`best_adam_setting`'s
-    result): ``default`` with norm ``base``, then ``tuned`` with ``base`` and ``swap``, over
-    ``seeds``; and the ``arm`` of each run in the order the sweep returns them (grid
-    order: ``"default"`` for the first grid's runs, ``"tuned"`` for the second's)."""
+    :func:`~prenorm.train`, such as :data:`ADAM_DEFAULTS` and
+    :attr:`AdamPick.setting`): ``default`` with norm ``base``, then ``tuned`` with ``base``
+    and ``swap``, over ``seeds``; and the ``arm`` of each run in the order the sweep
+    returns them (grid order: ``"default"`` for the first grid's runs, ``"tuned"`` for the
+    second's). When ``tuned`` equals ``default`` nothing is trained twice: one grid,
+    ``default`` with both norms, every run's arm ``"default"`` (pass
+    ``tuned_is_default=True`` to :func:`optimizer_contrast`)."""
     seeds = list(seeds)
     if len(seeds) < 2:
         raise ValueError(f"a t-interval needs at least two seeds, got {seeds!r}")
     first = {k: [v] for k, v in default.items()}
+    if dict(tuned) == dict(default):
+        return [{**first, "norm": [base, swap], "seed": seeds}], ["default"] * (2 * len(seeds))
     second = {k: [v] for k, v in tuned.items()}
     grids = [
         {**first, "norm": [base], "seed": seeds},
@@ -517,7 +699,10 @@ def plot_adam_contrast(search: pd.DataFrame, contrast: OptimizerContrast, value:
     colours = ["0.45", NORM_COLORS["layernorm"], NORM_COLORS["rmsnorm"]]
     for k, (col, colour) in enumerate(zip(cols, colours, strict=True)):
         ax.scatter(np.full(len(table), k), table[col], color=colour, s=25, zorder=2)
-    ax.set_xticks([0, 1, 2], ["default\nLN", "tuned\nLN", "tuned\nRMSNorm"], fontsize=10)
+    ticks = ["default\nLN", "tuned\nLN", "tuned\nRMSNorm"]
+    if contrast.tuned_is_default:  # the search kept the defaults: the tuned runs are theirs
+        ticks = ["default\nLN", "tuned = default\nLN", "default\nRMSNorm"]
+    ax.set_xticks([0, 1, 2], ticks, fontsize=10)
     ax.set_xlim(-0.4, 2.4)
     ax.set_ylabel("final validation loss (nats/char)")
     fig.tight_layout()

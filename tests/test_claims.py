@@ -172,3 +172,17 @@ def test_confirmation_falls_back_and_flags_it_when_too_few_fresh_seeds():
         c.confirmation(frame, min_seeds=0)
     with pytest.raises(TypeError, match="development_seeds must be integers"):
         _with_dev(("0",))
+
+
+def test_a_scoped_claim_glues_and_records_its_device_and_implementation(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    glued = {}
+    monkeypatch.setattr(P.plotting, "glue", lambda name, value: glued.setdefault(name, value))
+    c = _c13().measure(ci_end=0.05, seed=0.5, edge=False).scoped("cpu", "unfused F.rms_norm")
+    assert c.verdict == "not reproduced at this scale"  # the ledger's word is unchanged
+    c.glue()
+    assert glued["c13_verdict"] == "not reproduced on cpu, with unfused F.rms_norm"
+    row = c.record("gap", scale="cpu")
+    assert (row["device"], row["implementation"]) == ("cpu", "unfused F.rms_norm")
+    with pytest.raises(ValueError, match="implementation"):
+        c.scoped("cpu", "")

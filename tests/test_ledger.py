@@ -116,3 +116,22 @@ def test_html_escapes_every_field_it_writes(monkeypatch):
     page = to_html(ledger)
     assert "<script>" not in page and evil not in page
     assert page.count("<a ") == 1 and page.count("<tr>") == 2
+
+
+def test_a_verdict_scoped_to_a_device_and_an_implementation_says_so(tmp_path, monkeypatch):
+    # fails if a device-bound result keeps reading "at this scale" on the landing page
+    from prenorm.ledger import verdict_text
+
+    assert verdict_text(P.VERDICTS[2]) == P.VERDICTS[2]
+    scoped = verdict_text(P.VERDICTS[2], "cpu (1 thread)", "unfused F.rms_norm")
+    assert scoped == "not reproduced on cpu (1 thread), with unfused F.rms_norm"
+    assert verdict_text(P.VERDICTS[0], "cuda", float("nan")) == "confirmed on cuda"
+    monkeypatch.setenv("PRENORM_BUILD", "b1")
+    record("C12", P.VERDICTS[2], "t 1.2", "s", "cpu", tmp_path, "cpu", "unfused F.rms_norm")
+    record("C13", P.VERDICTS[0], "d 0.0", "s", "cpu", tmp_path)  # no scope: no such fields
+    assert "device" not in json.loads((tmp_path / "C13.json").read_text())
+    page = to_html(read(tmp_path, claims=["C12", "C13"]))
+    assert "not reproduced on cpu, with unfused F.rms_norm" in page
+    assert ">confirmed<" in page and 'class="verdict-not"' in page
+    with pytest.raises(ValueError, match="device"):
+        record("C12", P.VERDICTS[2], "t", "s", "cpu", tmp_path, device=" ")

@@ -223,25 +223,104 @@ def _contrast_runs(diverge_seed=None):
 
 def test_optimizer_contrast_by_hand():
     c = P.optimizer_contrast(_contrast_runs())
-    # o = (0.5, 0.4, 0.4); n = |(0.1, -0.05, 0)| = (0.1, 0.05, 0); g = o - n = (0.4, 0.35, 0.4)
-    assert c.optimizer_gap.value == pytest.approx(1.3 / 3)
-    assert c.norm_gap.value == pytest.approx(0.05)
-    assert c.norm_swap.value == pytest.approx(0.05 / 3)  # signed: the sizes are not averaged
-    assert c.margin.value == pytest.approx(1.15 / 3)
-    g = np.array([0.4, 0.35, 0.4])
-    half = P.t_quantile(0.975, 2) * g.std(ddof=1) / math.sqrt(3)
-    assert c.margin.lo == pytest.approx(g.mean() - half)
-    assert c.dropped == ()
+    # G = D - T = (0.5, 0.4, 0.4); N = R - T = (0.1, -0.05, 0), signed
+    assert c.gain.value == pytest.approx(1.3 / 3)
+    assert c.norm_effect.value == pytest.approx(0.05 / 3)  # signed: sizes are not averaged
+    gm = np.array([0.4, 0.45, 0.4])  # G - N = D - R
+    gp = np.array([0.6, 0.35, 0.4])  # G + N
+    assert c.gain_minus_effect.value == pytest.approx(gm.mean())
+    assert c.gain_plus_effect.value == pytest.approx(gp.mean())
+    half = P.t_quantile(0.975, 2) * gp.std(ddof=1) / math.sqrt(3)
+    assert c.gain_plus_effect.lo == pytest.approx(gp.mean() - half)
+    assert c.dropped == () and not c.tuned_is_default
     assert list(c.per_seed.index) == [0, 1, 2]
+
+
+def test_optimizer_contrast_when_the_search_kept_the_defaults():
+    # the defaults trained once with each norm: the gain is 0 on every seed, by definition
+    runs = _contrast_runs().query("arm != 'tuned' or norm != 'layernorm'").copy()
+    runs["arm"] = "default"
+    c = P.optimizer_contrast(runs, tuned_is_default=True)
+    assert c.tuned_is_default
+    assert (c.gain.value, c.gain.lo, c.gain.hi) == (0.0, 0.0, 0.0)
+    n = np.array([1.6 - 2.0, 1.65 - 2.1, 1.5 - 1.9])  # R - D
+    assert c.norm_effect.value == pytest.approx(n.mean())
+    assert c.gain_minus_effect.value == pytest.approx(-n.mean())
+    assert c.gain_plus_effect.value == pytest.approx(n.mean())
+    with pytest.raises(ValueError, match="no run for arm='tuned'"):
+        P.optimizer_contrast(runs)  # without the flag the tuned arm is missing
+    with pytest.raises(TypeError, match="tuned_is_default"):
+        P.optimizer_contrast(runs, tuned_is_default="yes")
 
 
 def test_optimizer_contrast_drops_a_seed_with_a_diverged_run():
     c = P.optimizer_contrast(_contrast_runs(diverge_seed=0))
     assert c.dropped == (0,)
-    assert c.margin.n == 2
-    assert c.margin.value == pytest.approx((0.35 + 0.4) / 2)
+    assert c.gain_minus_effect.n == 2
+    assert c.gain_minus_effect.value == pytest.approx((0.45 + 0.4) / 2)
     with pytest.raises(ValueError, match="fewer than two"):
         P.optimizer_contrast(_contrast_runs().query("seed == 0"))
+
+
+def test_pick_adam_setting_takes_a_decided_winner():
+    pick = P.pick_adam_setting(_search_runs())
+    # adamw 3e-3 beats the defaults by 0.3 on both seeds (interval [-0.3, -0.3])
+    assert not pick.keeps_default and not pick.resolved_tie
+    assert (
+        pick.setting
+        == pick.best
+        == {
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "betas": (0.9, 0.95),
+            "weight_decay": 0.1,
+            "warmup_steps": 20,
+            "schedule": "constant",
+        }
+    )
+    assert pick.vs_default.value == pytest.approx(-0.3) and pick.vs_default.hi < 0
+    assert pick.runner_up == pick.default_label == "adam lr=0.001 b2=0.999 warmup=0 wd=0"
+    assert pick.vs_runner_up.value == pytest.approx(0.3)
+    assert not pick.edge  # 3e-3 lies between 1e-3 and 1e-2
+    assert list(pick.table().columns) == ["mean", "lo", "hi", "n"]
+    assert "wholly below 0: it is the tuned setting" in pick.summary()
+
+
+def test_pick_adam_setting_resolves_a_tie_toward_the_defaults():
+    runs = _search_runs()
+    runs.loc[
+        (runs.optimizer == "adamw") & (runs.lr == 3e-3) & (runs.seed == 1), "final_val_loss"
+    ] = 1.8
+    pick = P.pick_adam_setting(runs)
+    # best mean 1.5 < 1.6, but the paired differences (-0.3, +0.1) do not decide it
+    assert pick.best_label.startswith("adamw lr=0.003")
+    assert pick.vs_default.lo < 0 < pick.vs_default.hi
+    assert pick.keeps_default and pick.resolved_tie
+    assert pick.setting == P.ADAM_DEFAULTS
+    assert "a tie, resolved toward the defaults" in pick.summary()
+
+
+def test_pick_adam_setting_keeps_defaults_that_are_best_and_flags_an_edge():
+    runs = _search_runs()
+    runs.loc[runs.optimizer == "adam", "final_val_loss"] = 1.0
+    pick = P.pick_adam_setting(runs)
+    assert pick.keeps_default and not pick.resolved_tie
+    assert pick.best_label == pick.default_label and math.isnan(pick.vs_default.value)
+    assert pick.edge  # 1e-3 is the smallest rate of this search
+    assert pick.summary().startswith("Adam's defaults had the lowest mean loss")
+    runs = _search_runs()
+    runs.loc[runs.lr == 1e-2, ["final_val_loss", "diverged"]] = [0.9, False]
+    pick = P.pick_adam_setting(runs)
+    assert pick.best["lr"] == 1e-2 and pick.edge  # the largest rate searched: not bracketed
+    with pytest.raises(ValueError, match="no run with the defaults"):
+        P.pick_adam_setting(_search_runs().query("optimizer != 'adam'"))
+
+
+def test_adam_contrast_grids_train_the_defaults_once_when_they_are_the_pick():
+    grids, arms = P.adam_contrast_grids(P.ADAM_DEFAULTS, dict(P.ADAM_DEFAULTS), [3, 4])
+    points = P.sweeps.grid_points(grids, P.sweeps.MODEL_KEYS + P.sweeps.TRAIN_KEYS)
+    assert len(points) == len(arms) == 4 and set(arms) == {"default"}
+    assert sorted(p["norm"] for p in points) == ["layernorm"] * 2 + ["rmsnorm"] * 2
 
 
 def test_adam_contrast_grids_label_runs_in_grid_order():
