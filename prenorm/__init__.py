@@ -11,10 +11,11 @@ probes that return DataFrames (:mod:`prenorm.probes`); an offline corpus
 book's plotting style (:mod:`prenorm.plotting`); verdicts computed from measurements
 (:mod:`prenorm.verdicts`); timing and pass counts of the norms against the
 memory-bandwidth bound (:mod:`prenorm.benchmark`); the claims ledger the chapters write
-and the landing page reads (:mod:`prenorm.ledger`); and the one-line chapter setup (:mod:`prenorm.book`). Every named choice is a :class:`Registry`.
+and the landing page reads (:mod:`prenorm.ledger`); the one-line chapter setup (:mod:`prenorm.book`); and the checkers of the book's coding
+exercises (:mod:`prenorm.exercises`). Every named choice is a :class:`Registry`.
 """
 
-from . import ledger
+from . import exercises, ledger
 from .benchmark import (
     IMPLEMENTATIONS,
     Implementation,
@@ -185,6 +186,7 @@ from .tour import (
     norm_jacobian_scale,
     placement_table,
     plot_jacobian_spectra,
+    plot_layernorm_geometry,
     plot_lemma2_band,
     plot_stream_rms,
     sigma_deviation,
@@ -431,6 +433,7 @@ __all__ = [
     "layer_ablation",
     "layer_placements",
     "ledger",
+    "exercises",
     "layernorm_jacobian",
     "layernorm_welford",
     "load_corpus",
@@ -488,6 +491,7 @@ __all__ = [
     "norm_jacobian_scale",
     "placement_table",
     "plot_jacobian_spectra",
+    "plot_layernorm_geometry",
     "plot_lemma2_band",
     "plot_stream_rms",
     "sigma_deviation",

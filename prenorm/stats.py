@@ -175,4 +175,5 @@ def rate_interval(outcomes: pd.Series | Sequence[str], word: str, level: float =
     z = NormalDist().inv_cdf((1 + level) / 2)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    # min/max with p: at k = 0 or n, rounding can put an end a hair on the wrong side of p
+    return Estimate(p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)), n)

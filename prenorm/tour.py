@@ -42,6 +42,7 @@ __all__ = [
     "norm_jacobian_scale",
     "placement_table",
     "plot_jacobian_spectra",
+    "plot_layernorm_geometry",
     "plot_lemma2_band",
     "plot_stream_rms",
     "sigma_deviation",
@@ -503,3 +504,108 @@ def spectrum_explorer() -> object:
         scale=widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, description="scale"),
         width=widgets.IntSlider(value=64, min=4, max=256, step=4, description="d"),
     )
+
+
+def plot_layernorm_geometry(
+    x: Sequence[float] = (1.0, 2.0, 3.0), n_points: int = 24, seed: int = 0
+) -> Figure:
+    r"""The geometry of LayerNorm at :math:`d = 3` (:math:`\gamma = 1`, :math:`\beta = 0`,
+    :math:`\epsilon = 0`), in two panels.
+
+    Left, in 3-D: ``n_points`` random tokens (grey) and their images
+    :math:`\mathrm{LN}(x) = \sqrt d\,(x - \mu\mathbf 1)/\|x - \mu\mathbf 1\|`, which all lie on
+    the circle where the sphere of radius :math:`\sqrt d` meets the plane
+    :math:`\mathbf 1^\top y = 0` (the image of the mean-subtraction projector
+    :math:`I - \tfrac1d\mathbf 1\mathbf 1^\top`); the token ``x`` and its image are marked, and
+    the direction :math:`\mathbf 1` that the centring removes is drawn. Right, in that plane
+    (coordinates along :math:`(1,-1,0)/\sqrt2` and :math:`(1,1,-2)/\sqrt6`): the circle, the
+    image :math:`\hat x` of ``x``, a ring of small perturbations :math:`\delta` of ``x`` in
+    the plane, and their images :math:`J\delta` under the Jacobian, which all fall on the
+    tangent at :math:`\hat x`: the radial direction is removed and the one kept direction is
+    scaled by :math:`1/\sigma`. ``x`` must have 3 finite entries that are not all equal.
+    """
+    import matplotlib.pyplot as plt
+
+    from .plotting import TEXT_WIDTH
+
+    t = torch.as_tensor(x, dtype=torch.float64)
+    if t.shape != (3,) or not torch.isfinite(t).all():
+        raise ValueError(f"x must be 3 finite numbers (a token at d = 3), got {x!r}")
+    if float(t.var()) == 0.0:
+        raise ValueError(f"x must not be constant (LayerNorm at eps = 0 is undefined), got {x!r}")
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
+        raise ValueError(f"n_points must be a positive integer, got {n_points!r}")
+    d = 3
+    basis = torch.tensor([[1, -1, 0], [1, 1, -2]], dtype=torch.float64)
+    basis = basis / basis.norm(dim=1, keepdim=True)  # orthonormal, both orthogonal to 1
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(n_points, d, generator=g, dtype=torch.float64) + t.mean()
+    centred = pts - pts.mean(dim=1, keepdim=True)
+    images = d**0.5 * centred / centred.norm(dim=1, keepdim=True)
+    xc = t - t.mean()
+    xhat = d**0.5 * xc / xc.norm()
+    angle = torch.linspace(0, 2 * torch.pi, 200, dtype=torch.float64)
+    circle = d**0.5 * (torch.cos(angle)[:, None] * basis[0] + torch.sin(angle)[:, None] * basis[1])
+
+    fig = plt.figure(figsize=(TEXT_WIDTH, 4.2))
+    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    ax3.plot(
+        *circle.T.numpy(),
+        color="#4c72b0",
+        lw=1.6,
+        label=r"LN outputs: $\|y\| = \sqrt{d}$, $\mathbf{1}^\top y = 0$",
+    )
+    for p, q in zip(pts, images, strict=True):
+        ax3.plot(*torch.stack([p, q]).T.numpy(), color="0.75", lw=0.6)
+    ax3.scatter(*pts.T.numpy(), s=8, color="0.5", label="tokens $x$")
+    ax3.scatter(*images.T.numpy(), s=10, color="#4c72b0")
+    ax3.scatter(
+        *t.numpy(), s=30, color="#c44e52", label=f"$x = {tuple(round(v, 2) for v in t.tolist())}$"
+    )
+    ax3.scatter(*xhat.numpy(), s=30, color="#c44e52", marker="D")
+    ax3.plot(*torch.stack([t, xhat]).T.numpy(), color="#c44e52", lw=1.0)
+    ones = torch.ones(d, dtype=torch.float64) / d**0.5
+    ax3.quiver(0, 0, 0, *(2.2 * ones).numpy(), color="0.2", lw=1.2, arrow_length_ratio=0.15)
+    ax3.text(*(2.4 * ones).numpy(), r"$\mathbf{1}$ (removed)", fontsize=9)
+    ax3.set_xlabel("$y_1$", labelpad=-8)
+    ax3.set_ylabel("$y_2$", labelpad=-8)
+    ax3.set_zlabel("$y_3$", labelpad=-8)
+    ax3.tick_params(labelsize=7, pad=-2)
+
+    ax = fig.add_subplot(1, 2, 2)
+    xy = (circle @ basis.T).numpy()
+    ax.plot(xy[:, 0], xy[:, 1], color="#4c72b0", lw=1.6)
+    h = (xhat @ basis.T).numpy()
+    ax.scatter(*h, s=30, color="#c44e52", marker="D", zorder=3)
+    ax.annotate(r"$\hat x$", h, xytext=(6, 6), textcoords="offset points")
+    jac = layernorm_jacobian(t, None, 0.0)
+    ring = 0.35 * (torch.cos(angle)[:, None] * basis[0] + torch.sin(angle)[:, None] * basis[1])
+    before = ((ring + xhat) @ basis.T).numpy()
+    after = ((xhat + ring @ jac.T) @ basis.T).numpy()
+    ax.plot(before[:, 0], before[:, 1], color="0.5", lw=1.0, ls="--", label=r"$\hat x + \delta$")
+    ax.plot(after[:, 0], after[:, 1], color="#c44e52", lw=2.4, label=r"$\hat x + J\delta$")
+    ax.annotate("", xy=1.4 * h, xytext=h, arrowprops={"arrowstyle": "->", "color": "0.3"})
+    ax.annotate(
+        "radial: removed", 1.4 * h, xytext=(-40, -14), textcoords="offset points", fontsize=9
+    )
+    tangent = (jac @ basis[0] @ basis.T).numpy()
+    tangent = 0.9 * tangent / np.linalg.norm(tangent)
+    ax.annotate("", xy=h + tangent, xytext=h, arrowprops={"arrowstyle": "->", "color": "#c44e52"})
+    ax.annotate(
+        r"kept, $\times 1/\sigma$",
+        h + tangent,
+        xytext=(4, 2),
+        textcoords="offset points",
+        fontsize=9,
+        color="#c44e52",
+    )
+    lim = 1.5 * 3**0.5
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim - 0.5, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel(r"along $(1,-1,0)/\sqrt{2}$")
+    ax.set_ylabel(r"along $(1,1,-2)/\sqrt{6}$")
+    handles = [*ax3.get_legend_handles_labels()[0], *ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, ncol=3, loc="lower center", fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    return fig

@@ -20,7 +20,8 @@ def test_api_page_lists_exactly_the_public_names():
     assert "book" in by_module, "the chapter-setup module is public (prenorm.book)"
     assert by_module.pop("book") == set(prenorm.book.__all__)
     assert by_module.pop("ledger") == set(prenorm.ledger.__all__)
-    documented = set().union(*by_module.values()) | {"book", "ledger"}
+    assert by_module.pop("exercises") == set(prenorm.exercises.__all__)
+    documented = set().union(*by_module.values()) | {"book", "ledger", "exercises"}
     public = set(prenorm.__all__)
     assert not public - documented, f"public but not on the API page: {sorted(public - documented)}"
     assert not documented - public, f"on the API page but not public: {sorted(documented - public)}"

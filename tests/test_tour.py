@@ -242,3 +242,30 @@ def test_plot_stream_rms_growth_is_relative_to_the_embedding():
     growth = fig.axes[1].get_lines()[0].get_ydata()
     assert np.allclose(growth, [1.0, 2.0, 4.0])  # RMS over the embedding's 0.5
     assert np.allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.5, 1.0, 2.0])
+
+
+def test_plot_layernorm_geometry_draws_the_circle_and_the_tangent():
+    # Fails if the outputs are not on the circle |y| = sqrt(3) in the plane 1^T y = 0, or if
+    # the Jacobian's images of a ring of perturbations do not collapse onto the tangent at xhat.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = P.plot_layernorm_geometry((1.0, 2.0, 3.0), n_points=5)
+    ax3, ax = fig.axes[:2]
+    circle = np.array(ax3.lines[0].get_data_3d()).T
+    assert np.allclose(np.linalg.norm(circle, axis=1), 3**0.5)
+    assert np.allclose(circle.sum(axis=1), 0.0, atol=1e-12)
+    lines = {ln.get_label(): np.array(ln.get_xydata()) for ln in ax.lines}
+    after = lines[r"$\hat x + J\delta$"]
+    xhat = np.array([-1.0, 0.0, 1.0]) * 1.5**0.5
+    basis = np.array([[1, -1, 0], [1, 1, -2]]) / np.array([[2**0.5], [6**0.5]])
+    h = basis @ xhat
+    assert np.allclose((after - h) @ h, 0.0, atol=1e-9)  # no radial component left
+    assert np.ptp(after @ np.array([-h[1], h[0]])) > 0.1  # but a tangential one
+    matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("bad", [(1.0, 1.0, 1.0), (1.0, 2.0), (1.0, float("nan"), 2.0)])
+def test_plot_layernorm_geometry_rejects_bad_tokens(bad):
+    with pytest.raises(ValueError, match="x must"):
+        P.plot_layernorm_geometry(bad)
