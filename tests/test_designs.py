@@ -5,6 +5,8 @@ import math
 import pandas as pd
 import pytest
 
+import prenorm as P
+
 
 def test_lr_summary_by_seed_summarises_each_seed_apart():
     # Fails if by_seed pools the seeds (seed 1's best 2.0 would be reported for seed 0 too),
@@ -389,3 +391,44 @@ def test_share_source_sentence_one_clause_per_design():
     assert "Whether Mix-LN's change of share comes from its deep or its shallow" in text
     with pytest.raises(ValueError, match="valid"):
         share_source_sentence({"lns": "deep"})
+
+
+def test_growth_standard_reads_stop_limit_and_undecided_from_intervals():
+    # Fails if "stops" is read from a point value (an interval reaching past the flat band
+    # must not stop), if "limits" ignores the paired comparison with the reference, or if
+    # the band is not FLAT_FACTOR.
+    from prenorm.verdicts import Estimate
+
+    E = Estimate
+    stops, limits, no_limit, undecided = P.GROWTH_STANDARD
+    assert P.FLAT_FACTOR == 2.0
+    assert P.growth_standard(E(1.5, 1.1, 1.9), E(0.1, 0.05, 0.2)) == stops
+    assert P.growth_standard(E(1.5, 1.1, 2.5), E(0.1, 0.05, 0.2)) == undecided
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.1, 0.05, 0.2)) == limits
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.9, 0.5, 1.5)) == undecided
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0)) == no_limit
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0), flat=10.0) == stops
+    with pytest.raises(TypeError):
+        P.growth_standard(1.5, E(1, 1, 1))
+
+
+def test_stream_rms_by_seed_reads_each_design_at_its_own_rate():
+    # Fails if a design is read at another design's learning rate or seeds are pooled.
+    rows = [
+        {
+            "probe": "residual_norms",
+            "step": 10,
+            "layer": 2,
+            "n_layers": 2,
+            "seed": s,
+            "placement": d,
+            "lr": lr,
+            "rms": 100 * s + (1 if d == "pre" else 2) + lr,
+        }
+        for s in (4, 5)
+        for d in ("pre", "peri")
+        for lr in (0.1, 0.2)
+    ]
+    t = P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.1, "peri": 0.2})
+    assert t.loc[4, "pre"] == pytest.approx(401.1) and t.loc[5, "peri"] == pytest.approx(502.2)
+    assert math.isnan(P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.3}).loc[4, "pre"])
