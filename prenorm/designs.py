@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "confirmation_lrs",
+    "ratio_estimate",
     "FLAT_FACTOR",
     "GROWTH_STANDARD",
     "growth_standard",
@@ -286,6 +288,43 @@ def stream_rms_by_seed(
             for d, lr in lr_of.items()
         }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(seed)
+
+
+def ratio_estimate(numerator: pd.Series, denominator: pd.Series, level: float = 0.95) -> Estimate:
+    r"""A ratio measured seed by seed (two series indexed by seed, paired by index): the
+    geometric mean of :math:`r_i = a_i / b_i` with its Student-t interval computed on
+    :math:`\log_{10} r_i` and carried back, over the seeds where both are finite and
+    positive (a run that diverged has no value). One seed gives the interval
+    :math:`(-\infty, \infty)`; none, an Estimate of NaNs with ``n = 0`` (a prediction
+    judged on it then fails rather than the chapter stopping)."""
+    r = (pd.Series(numerator, dtype=float) / pd.Series(denominator, dtype=float)).dropna()
+    r = r[np.isfinite(r) & (r > 0)]
+    if not len(r):
+        return Estimate(math.nan, math.nan, math.nan, n=0)
+    if len(r) == 1:
+        return Estimate(float(r.iloc[0]), -math.inf, math.inf, n=1)
+    e = t_interval(np.log10(r.to_numpy()), level)
+    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd)
+
+
+def confirmation_lrs(
+    best_lr: Mapping[str, float],
+    fallback: float,
+    extra: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, list[float]]:
+    """The learning rates at which each design's confirmation seeds are run: its best
+    learning rate on the development seeds (``best_lr``; ``fallback`` for a design that
+    trained nowhere, whose best is NaN), plus the rates in ``extra`` for that design,
+    without repeats, sorted. Keys in the order of ``best_lr``."""
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(best_lr))
+    if unknown:
+        raise KeyError(f"extra names designs with no best learning rate: {unknown}")
+    out = {}
+    for d, lr in best_lr.items():
+        first = float(lr) if lr is not None and math.isfinite(float(lr)) else float(fallback)
+        out[d] = sorted({first, *map(float, extra.get(d, ()))})
+    return out
 
 
 #: How :func:`growth_word` reads a design's growth against a baseline's.

@@ -432,3 +432,22 @@ def test_stream_rms_by_seed_reads_each_design_at_its_own_rate():
     t = P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.1, "peri": 0.2})
     assert t.loc[4, "pre"] == pytest.approx(401.1) and t.loc[5, "peri"] == pytest.approx(502.2)
     assert math.isnan(P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.3}).loc[4, "pre"])
+
+
+def test_ratio_estimate_is_a_geometric_mean_over_finite_seeds():
+    # Fails if the ratio is an arithmetic mean, if a diverged seed (NaN) is not dropped,
+    # or if one seed gets a finite interval.
+    a, b = pd.Series({4: 10.0, 5: 40.0, 6: math.nan}), pd.Series({4: 1.0, 5: 1.0, 6: 1.0})
+    e = P.ratio_estimate(a, b)
+    assert e.value == pytest.approx(20.0) and e.n == 2 and e.lo < 20 < e.hi
+    one = P.ratio_estimate(a.iloc[:1], b.iloc[:1])
+    assert one.value == 10.0 and one.lo == -math.inf
+    assert P.ratio_estimate(a.iloc[2:], b.iloc[2:]).n == 0
+
+
+def test_confirmation_lrs_take_the_best_rate_and_the_extras():
+    # Fails if a design's extra rates are lost or repeated, or a NaN best is run as NaN.
+    got = P.confirmation_lrs({"pre": 0.01, "peri": math.nan}, 0.1, {"pre": [0.05, 0.01]})
+    assert got == {"pre": [0.01, 0.05], "peri": [0.1]}
+    with pytest.raises(KeyError, match="lns"):
+        P.confirmation_lrs({"pre": 0.01}, 0.1, {"lns": [0.1]})
