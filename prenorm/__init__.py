@@ -106,6 +106,7 @@ from .jacobians import block_jacobian, branch_jacobian, spectral_norm, step_jaco
 from .kernels import FUSED_ON, KERNELS, check_kernels, use_kernels
 from .model import INITS, THEORY_SETTING, TransformerLM, build_model
 from .no_norm import (
+    DESIGN_GRIDS,
     DESIGNS,
     DYT_EMB,
     INIT_LABELS,
@@ -343,6 +344,7 @@ __all__ = [
     "cell_table",
     "interval_word",
     "logit_ratio_by_seed",
+    "DESIGN_GRIDS",
     "logit_growth_by_seed",
     "seed_estimate",
     "speedups_by_seed",

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .designs import FLAT_FACTOR
 from .stats import steps_to_reach, t_interval
 from .verdicts import Estimate, direction
 
 __all__ = [
     "DESIGNS",
+    "DESIGN_GRIDS",
     "DYT_EMB",
     "INIT_LABELS",
     "AlphaSweep",
@@ -65,6 +67,16 @@ DESIGNS: tuple[str, ...] = ("Pre-LN", "Pre-LN + QK-norm", "ReZero", "DyT")
 #: DyT with one learnable scalar on the embeddings, initialized to :math:`\sqrt d`
 #: (``emb_scale=True``), as in Zhu et al.'s LLaMA code.
 DYT_EMB = "DyT + emb. scale"
+
+#: The sweep keys that make each design of chapter 10 (with ``placement="pre"`` and the
+#: base ``init`` as sweep defaults), the inverse of :func:`design_of`.
+DESIGN_GRIDS: dict[str, dict[str, list[object]]] = {
+    "Pre-LN": {"norm": ["layernorm"], "qk_norm": [False]},
+    "Pre-LN + QK-norm": {"norm": ["layernorm"], "qk_norm": [True]},
+    "ReZero": {"placement": ["rezero"]},
+    "DyT": {"norm": ["dyt"], "alpha0": [0.5]},
+    DYT_EMB: {"norm": ["dyt"], "alpha0": [0.5], "emb_scale": [True]},
+}
 
 #: The initializations of chapter 10 in words, for the prose.
 INIT_LABELS: dict[str, str] = {
@@ -441,8 +453,8 @@ def dyt_stream_growth(
     Returns, under keys that start with ``prefix``: ``rms0_{prefix}`` (its RMS at step 0,
     ``base_init``), ``rms_end_{prefix}_base`` and ``rms_end_{prefix}_pt`` (at ``step``,
     ``base_init`` and PyTorch's init; NaN if not reached), and two phrases:
-    ``{prefix}_growth_word`` (:func:`~prenorm.direction` with a factor of 2 counting as
-    flat) and ``{prefix}_growth_clause``. If the stream grows, the clause says so; if it
+    ``{prefix}_growth_word`` (:func:`~prenorm.direction` with a factor of
+    :data:`~prenorm.FLAT_FACTOR` counting as flat) and ``{prefix}_growth_clause``. If the stream grows, the clause says so; if it
     grows so far that :math:`\alpha_0\,\mathrm{RMS} > 2`, it adds the value
     :math:`\tanh(\alpha_0\,\mathrm{RMS})` (above 0.96: an entry of that size sits in the
     flat part of tanh, unless :math:`\alpha` shrank in training, which is not recorded)."""
@@ -458,7 +470,7 @@ def dyt_stream_growth(
     end_base = float(end[end.init == base_init].rms.mean())
     end_pt = float(end[end.init == "pytorch"].rms.mean())
     word = (
-        direction(rms0, end_base, 1.0, ("shrinks", "stays flat", "grows"), ratio=True)
+        direction(rms0, end_base, FLAT_FACTOR - 1, ("shrinks", "stays flat", "grows"), ratio=True)
         if np.isfinite(end_base)
         else "was not measured to the end"
     )

@@ -459,3 +459,11 @@ def test_logit_growth_by_seed_is_last_over_first_per_seed():
     g = P.logit_growth_by_seed(pd.DataFrame(rows), 0.1, "Pre-LN")
     assert g.tolist() == [4.0, 4.0]
     assert P.logit_growth_by_seed(pd.DataFrame(rows), 0.2, "Pre-LN").isna().all()
+
+
+def test_design_grids_are_the_inverse_of_design_of():
+    # Fails if a design's grid keys would be run as another design.
+    for name, grid in P.DESIGN_GRIDS.items():
+        row = {"placement": "pre", "norm": "layernorm", **{k: v[0] for k, v in grid.items()}}
+        assert P.design_of(pd.DataFrame([row])).iloc[0] == name
+    assert set(P.DESIGN_GRIDS) == {*P.DESIGNS, P.DYT_EMB}
