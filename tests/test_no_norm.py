@@ -467,3 +467,16 @@ def test_design_grids_are_the_inverse_of_design_of():
         row = {"placement": "pre", "norm": "layernorm", **{k: v[0] for k, v in grid.items()}}
         assert P.design_of(pd.DataFrame([row])).iloc[0] == name
     assert set(P.DESIGN_GRIDS) == {*P.DESIGNS, P.DYT_EMB}
+
+
+def test_part3_confirmation_seeds_are_fresh_at_the_real_presets():
+    # Fails if chapters 9 and 10 judge on a seed that an earlier build showed (design_seeds,
+    # design_confirm_seeds, nonorm_seeds) or on the development run's own seed, or on fewer
+    # than two seeds (no interval).
+    for name in ("cpu", "gpu"):
+        s = P.PRESETS[name]
+        seen = {*s.design_seeds, *s.design_confirm_seeds, *s.nonorm_seeds, *s.part3_dev_seeds}
+        assert not set(s.part3_confirm_seeds) & seen, name
+        assert len(set(s.part3_confirm_seeds)) == len(s.part3_confirm_seeds) >= 2, name
+    for s in P.PRESETS.values():
+        assert len(s.part3_dev_seeds) >= 1, s.name
