@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "confirmation_lrs",
+    "ratio_estimate",
+    "FLAT_FACTOR",
+    "GROWTH_STANDARD",
+    "growth_standard",
+    "stream_rms_by_seed",
     "GROWTH_WORDS",
     "deep_shares",
     "growth_word",
@@ -222,6 +228,103 @@ def top_shared_lr(
     counts = ok.groupby("lr")[by].nunique()
     shared = counts[counts == len(set(designs))].index
     return float(max(shared)) if len(shared) else float(default)
+
+
+#: The band within which a growth factor (final / initial) counts as flat: a factor of at
+#: most ``FLAT_FACTOR`` is no growth, for the residual stream (C15) and the attention
+#: logits (C21) alike.
+FLAT_FACTOR = 2.0
+
+#: The words of :func:`growth_standard`.
+GROWTH_STANDARD = (
+    "stops it",
+    "limits it but does not stop it",
+    "does not limit it",
+    "undecided (the seeds' interval reaches across the flat band or the reference)",
+)
+
+
+def growth_standard(growth: Estimate, relative: Estimate, flat: float = FLAT_FACTOR) -> str:
+    r"""What a design does to a growth, by one standard for every claim that says a design
+    "stops" or "limits" one, from two intervals over seeds: ``growth``, the design's own
+    growth factor (final over initial value), and ``relative``, that factor over the
+    reference design's (paired by seed). *Stops it*: the whole interval of ``growth`` is
+    at most ``flat`` (:data:`FLAT_FACTOR`, a growth within a factor of 2 counting as
+    none). *Limits it but does not stop it*: the whole interval of ``growth`` is above
+    ``flat`` and the whole interval of ``relative`` below 1. *Does not limit it*: the
+    growth is above ``flat`` and the whole interval of ``relative`` at or above 1.
+    Anything else is *undecided* (:data:`GROWTH_STANDARD`)."""
+    if not (isinstance(growth, Estimate) and isinstance(relative, Estimate)):
+        raise TypeError(f"growth_standard takes two Estimates, got {growth!r}, {relative!r}")
+    if not (isinstance(flat, int | float) and flat >= 1):
+        raise ValueError(f"flat must be a number >= 1, got {flat!r}")
+    if growth.hi <= flat:
+        return GROWTH_STANDARD[0]
+    if growth.lo > flat and relative.hi < 1:
+        return GROWTH_STANDARD[1]
+    if growth.lo > flat and relative.lo >= 1:
+        return GROWTH_STANDARD[2]
+    return GROWTH_STANDARD[3]
+
+
+def stream_rms_by_seed(
+    probes: pd.DataFrame,
+    step: int,
+    lr_of: Mapping[str, float],
+    by: str = "placement",
+    seed: str = "seed",
+) -> pd.DataFrame:
+    r"""The RMS of the stream entering the head at probe ``step``
+    (:func:`stream_rms`), seed by seed, each design ``d`` of ``lr_of`` read at its own
+    learning rate ``lr_of[d]``: one row per seed, one column per design (NaN where that
+    run was not probed at ``step``, e.g. it diverged earlier)."""
+    if seed not in probes.columns:
+        raise KeyError(f"no column {seed!r}; columns: {list(probes.columns)}")
+    rows = {}
+    for s, g in probes.groupby(seed):
+        table = stream_rms(g, step, by)
+        rows[s] = {
+            d: float(table.at[lr, d]) if d in table.columns and lr in table.index else math.nan
+            for d, lr in lr_of.items()
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(seed)
+
+
+def ratio_estimate(numerator: pd.Series, denominator: pd.Series, level: float = 0.95) -> Estimate:
+    r"""A ratio measured seed by seed (two series indexed by seed, paired by index): the
+    geometric mean of :math:`r_i = a_i / b_i` with its Student-t interval computed on
+    :math:`\log_{10} r_i` and carried back, over the seeds where both are finite and
+    positive (a run that diverged has no value). One seed gives the interval
+    :math:`(-\infty, \infty)`; none, an Estimate of NaNs with ``n = 0`` (a prediction
+    judged on it then fails rather than the chapter stopping)."""
+    r = (pd.Series(numerator, dtype=float) / pd.Series(denominator, dtype=float)).dropna()
+    r = r[np.isfinite(r) & (r > 0)]
+    if not len(r):
+        return Estimate(math.nan, math.nan, math.nan, n=0)
+    if len(r) == 1:
+        return Estimate(float(r.iloc[0]), -math.inf, math.inf, n=1)
+    e = t_interval(np.log10(r.to_numpy()), level)
+    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd)
+
+
+def confirmation_lrs(
+    best_lr: Mapping[str, float],
+    fallback: float,
+    extra: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, list[float]]:
+    """The learning rates at which each design's confirmation seeds are run: its best
+    learning rate on the development seeds (``best_lr``; ``fallback`` for a design that
+    trained nowhere, whose best is NaN), plus the rates in ``extra`` for that design,
+    without repeats, sorted. Keys in the order of ``best_lr``."""
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(best_lr))
+    if unknown:
+        raise KeyError(f"extra names designs with no best learning rate: {unknown}")
+    out = {}
+    for d, lr in best_lr.items():
+        first = float(lr) if lr is not None and math.isfinite(float(lr)) else float(fallback)
+        out[d] = sorted({first, *map(float, extra.get(d, ()))})
+    return out
 
 
 #: How :func:`growth_word` reads a design's growth against a baseline's.

@@ -123,6 +123,13 @@ class Scale:
     and can exclude 0), and the confirmation seeds, none of them a search seed, that the
     verdict rests on (at ``cpu``, four: seeds 2 to 9 were seen by earlier designs of the
     test and are skipped).
+    ``part3_dev_seeds``/``part3_confirm_seeds``: part 3's (chapters 9 and 10) development
+    seeds, run over the whole grid of learning rates to show each design's curve and to
+    choose the learning rates the verdicts are read at (each design's best), and its fresh
+    confirmation seeds, run only at those learning rates, on which the predictions revised
+    after the earlier builds' seeds (``design_seeds``, ``design_confirm_seeds``,
+    ``nonorm_seeds``) had been seen are judged. At ``ci`` they overlap the seen seeds, so
+    the verdicts say they saw development data.
     """
 
     name: str
@@ -166,6 +173,8 @@ class Scale:
     coda_lrs: tuple[float, ...]
     coda_search_seeds: tuple[int, ...]
     coda_confirm_seeds: tuple[int, ...]
+    part3_dev_seeds: tuple[int, ...]
+    part3_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -223,6 +232,8 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 1e-2),
             coda_search_seeds=(0, 1),
             coda_confirm_seeds=(10, 11),
+            part3_dev_seeds=(0,),
+            part3_confirm_seeds=(1, 2),
         ),
         "cpu": Scale(
             name="cpu",
@@ -266,6 +277,8 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 3e-3),
             coda_search_seeds=(0, 1, 2),
             coda_confirm_seeds=(10, 11, 12, 13),
+            part3_dev_seeds=(2,),
+            part3_confirm_seeds=(4, 5),
         ),
         "gpu": Scale(
             name="gpu",
@@ -309,6 +322,8 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
             coda_search_seeds=(0, 1, 2),
             coda_confirm_seeds=(10, 11, 12, 13, 14, 15),
+            part3_dev_seeds=(2,),
+            part3_confirm_seeds=(4, 5),
         ),
     },
 )

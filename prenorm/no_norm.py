@@ -30,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .designs import FLAT_FACTOR
 from .stats import steps_to_reach, t_interval
 from .verdicts import Estimate, direction
 
 __all__ = [
     "DESIGNS",
+    "DESIGN_GRIDS",
     "DYT_EMB",
     "INIT_LABELS",
     "AlphaSweep",
@@ -51,8 +53,10 @@ __all__ = [
     "speedup_table",
     "dyt_stream_growth",
     "interval_word",
+    "logit_growth_by_seed",
     "logit_ratio_by_seed",
     "seed_estimate",
+    "speedup_bounds_by_seed",
     "speedups_by_seed",
     "worst_speedup_by_seed",
 ]
@@ -63,6 +67,16 @@ DESIGNS: tuple[str, ...] = ("Pre-LN", "Pre-LN + QK-norm", "ReZero", "DyT")
 #: DyT with one learnable scalar on the embeddings, initialized to :math:`\sqrt d`
 #: (``emb_scale=True``), as in Zhu et al.'s LLaMA code.
 DYT_EMB = "DyT + emb. scale"
+
+#: The sweep keys that make each design of chapter 10 (with ``placement="pre"`` and the
+#: base ``init`` as sweep defaults), the inverse of :func:`design_of`.
+DESIGN_GRIDS: dict[str, dict[str, list[object]]] = {
+    "Pre-LN": {"norm": ["layernorm"], "qk_norm": [False]},
+    "Pre-LN + QK-norm": {"norm": ["layernorm"], "qk_norm": [True]},
+    "ReZero": {"placement": ["rezero"]},
+    "DyT": {"norm": ["dyt"], "alpha0": [0.5]},
+    DYT_EMB: {"norm": ["dyt"], "alpha0": [0.5], "emb_scale": [True]},
+}
 
 #: The initializations of chapter 10 in words, for the prose.
 INIT_LABELS: dict[str, str] = {
@@ -193,6 +207,64 @@ def worst_speedup_by_seed(
     per seed, in order of the seeds."""
     table = speedups_by_seed(curves, lr_of, baseline, other, targets, seed, by)
     return table.min(axis=1).rename("worst speed-up").astype(float)
+
+
+def speedup_bounds_by_seed(
+    curves: pd.DataFrame,
+    lr_of: Mapping[str, float],
+    baseline: str,
+    other: str,
+    targets: pd.Series,
+    horizon: float,
+    seed: str = "seed",
+    by: str = "design",
+) -> pd.DataFrame:
+    r"""The speed-up :math:`s = n_\text{baseline} / n_\text{other}` of ``other`` at each of
+    the ``targets`` (as in :func:`speedups_by_seed`), seed by seed, with a run that never
+    reached a target treated as *censored* at the run's length ``horizon`` (it would need
+    more than ``horizon`` steps), not as infinitely slow: bounds
+    :math:`[\ell, u]` with :math:`\ell = u = s` when both reached it;
+    :math:`[\text{horizon}/n_\text{other}, \infty)` when only ``other`` did;
+    :math:`[0, n_\text{baseline}/\text{horizon}]` when only the baseline did; and
+    :math:`[0, \infty)` when neither did. One row per seed: ``lo`` and ``hi``, the bounds
+    of the worst (smallest) speed-up over the targets; ``last_lo`` and ``last_hi``, those
+    of the last target's; ``censored``, how many of its targets a run missed."""
+    if not (isinstance(horizon, int | float) and horizon > 0):
+        raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
+    rows = {}
+    for s, g in curves.groupby(seed):
+        t = speedup_table(g, lr_of, baseline, other, targets.index, targets, by)
+        nb, no = t[baseline].to_numpy(float), t[other].to_numpy(float)
+        both = np.isfinite(nb) & np.isfinite(no)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo = np.where(both, nb / no, np.where(np.isfinite(no), horizon / no, 0.0))
+            hi = np.where(both, nb / no, np.where(np.isfinite(nb), nb / horizon, math.inf))
+        rows[s] = {
+            "lo": float(lo.min()),
+            "hi": float(hi.min()),
+            "last_lo": float(lo[-1]),
+            "last_hi": float(hi[-1]),
+            "censored": int((~both).sum()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(seed)
+
+
+def logit_growth_by_seed(
+    probes: pd.DataFrame, lr: float, design: str, seed: str = "seed"
+) -> pd.Series:
+    """How much ``design``'s largest attention logit (the largest over layers) grew at
+    ``lr``: its value at the run's last probe step over its value at step 0, from each
+    seed's own ``max_attention_logits`` rows. One value per seed (NaN if not run)."""
+    out = {}
+    for s, g in probes.groupby(seed):
+        top = attention_logits(g, lr).top
+        cell = top[(top.design == design) & (top.lr == lr)].sort_values("step")
+        out[s] = (
+            float(cell.max_logit.iloc[-1] / cell.max_logit.iloc[0])
+            if len(cell) and cell.step.iloc[0] == 0
+            else math.nan
+        )
+    return pd.Series(out, name="logit growth", dtype=float).rename_axis(seed)
 
 
 def seed_estimate(
@@ -381,8 +453,8 @@ def dyt_stream_growth(
     Returns, under keys that start with ``prefix``: ``rms0_{prefix}`` (its RMS at step 0,
     ``base_init``), ``rms_end_{prefix}_base`` and ``rms_end_{prefix}_pt`` (at ``step``,
     ``base_init`` and PyTorch's init; NaN if not reached), and two phrases:
-    ``{prefix}_growth_word`` (:func:`~prenorm.direction` with a factor of 2 counting as
-    flat) and ``{prefix}_growth_clause``. If the stream grows, the clause says so; if it
+    ``{prefix}_growth_word`` (:func:`~prenorm.direction` with a factor of
+    :data:`~prenorm.FLAT_FACTOR` counting as flat) and ``{prefix}_growth_clause``. If the stream grows, the clause says so; if it
     grows so far that :math:`\alpha_0\,\mathrm{RMS} > 2`, it adds the value
     :math:`\tanh(\alpha_0\,\mathrm{RMS})` (above 0.96: an entry of that size sits in the
     flat part of tanh, unless :math:`\alpha` shrank in training, which is not recorded)."""
@@ -398,7 +470,7 @@ def dyt_stream_growth(
     end_base = float(end[end.init == base_init].rms.mean())
     end_pt = float(end[end.init == "pytorch"].rms.mean())
     word = (
-        direction(rms0, end_base, 1.0, ("shrinks", "stays flat", "grows"), ratio=True)
+        direction(rms0, end_base, FLAT_FACTOR - 1, ("shrinks", "stays flat", "grows"), ratio=True)
         if np.isfinite(end_base)
         else "was not measured to the end"
     )

@@ -20,6 +20,7 @@ import pandas as pd
 from .verdicts import Estimate
 
 __all__ = [
+    "censored_interval",
     "depth_exponent",
     "paired_difference",
     "rate",
@@ -177,3 +178,35 @@ def rate_interval(outcomes: pd.Series | Sequence[str], word: str, level: float =
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     # min/max with p: at k = 0 or n, rounding can put an end a hair on the wrong side of p
     return Estimate(p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)), n)
+
+
+def censored_interval(
+    lower: Sequence[float] | pd.Series | np.ndarray,
+    upper: Sequence[float] | pd.Series | np.ndarray,
+    level: float = 0.95,
+) -> Estimate:
+    r"""A mean over seeds with its Student-t interval when some seeds' values are known
+    only within bounds (censored): seed :math:`i`'s value lies in
+    :math:`[\ell_i, u_i]`, equal ends for a value measured exactly. The interval runs from
+    the lower end of :func:`t_interval` of the :math:`\ell_i` to the upper end of that of
+    the :math:`u_i`, so it covers every set of values the bounds allow; an infinite bound
+    (a run that never reached its target, say) or a single seed makes that end infinite.
+    The value is the mean of the :math:`\ell_i` when every :math:`\ell_i` is finite (a
+    lower bound on the mean when a seed is censored), else NaN. With no censored seed
+    it is :func:`t_interval` of the values."""
+    lo, hi = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+    if lo.shape != hi.shape or lo.ndim != 1 or not len(lo):
+        raise ValueError(f"lower and upper must be 1-D of one length, got {lo.shape}, {hi.shape}")
+    if np.isnan(lo).any() or np.isnan(hi).any() or (lo > hi).any():
+        raise ValueError(f"each lower bound must be a number at most its upper: {lo}, {hi}")
+
+    def end(v: np.ndarray, side: str) -> float:
+        if not np.isfinite(v).all() or len(v) < 2:
+            return -math.inf if side == "lo" else math.inf
+        e = t_interval(v, level)
+        return e.lo if side == "lo" else e.hi
+
+    if np.array_equal(lo, hi) and np.isfinite(lo).all() and len(lo) >= 2:
+        return t_interval(lo, level)
+    value = float(lo.mean()) if np.isfinite(lo).all() else math.nan
+    return Estimate(value, end(lo, "lo"), end(hi, "hi"), n=len(lo))

@@ -5,6 +5,8 @@ import math
 import pandas as pd
 import pytest
 
+import prenorm as P
+
 
 def test_lr_summary_by_seed_summarises_each_seed_apart():
     # Fails if by_seed pools the seeds (seed 1's best 2.0 would be reported for seed 0 too),
@@ -389,3 +391,63 @@ def test_share_source_sentence_one_clause_per_design():
     assert "Whether Mix-LN's change of share comes from its deep or its shallow" in text
     with pytest.raises(ValueError, match="valid"):
         share_source_sentence({"lns": "deep"})
+
+
+def test_growth_standard_reads_stop_limit_and_undecided_from_intervals():
+    # Fails if "stops" is read from a point value (an interval reaching past the flat band
+    # must not stop), if "limits" ignores the paired comparison with the reference, or if
+    # the band is not FLAT_FACTOR.
+    from prenorm.verdicts import Estimate
+
+    E = Estimate
+    stops, limits, no_limit, undecided = P.GROWTH_STANDARD
+    assert P.FLAT_FACTOR == 2.0
+    assert P.growth_standard(E(1.5, 1.1, 1.9), E(0.1, 0.05, 0.2)) == stops
+    assert P.growth_standard(E(1.5, 1.1, 2.5), E(0.1, 0.05, 0.2)) == undecided
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.1, 0.05, 0.2)) == limits
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.9, 0.5, 1.5)) == undecided
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0)) == no_limit
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0), flat=10.0) == stops
+    with pytest.raises(TypeError):
+        P.growth_standard(1.5, E(1, 1, 1))
+
+
+def test_stream_rms_by_seed_reads_each_design_at_its_own_rate():
+    # Fails if a design is read at another design's learning rate or seeds are pooled.
+    rows = [
+        {
+            "probe": "residual_norms",
+            "step": 10,
+            "layer": 2,
+            "n_layers": 2,
+            "seed": s,
+            "placement": d,
+            "lr": lr,
+            "rms": 100 * s + (1 if d == "pre" else 2) + lr,
+        }
+        for s in (4, 5)
+        for d in ("pre", "peri")
+        for lr in (0.1, 0.2)
+    ]
+    t = P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.1, "peri": 0.2})
+    assert t.loc[4, "pre"] == pytest.approx(401.1) and t.loc[5, "peri"] == pytest.approx(502.2)
+    assert math.isnan(P.stream_rms_by_seed(pd.DataFrame(rows), 10, {"pre": 0.3}).loc[4, "pre"])
+
+
+def test_ratio_estimate_is_a_geometric_mean_over_finite_seeds():
+    # Fails if the ratio is an arithmetic mean, if a diverged seed (NaN) is not dropped,
+    # or if one seed gets a finite interval.
+    a, b = pd.Series({4: 10.0, 5: 40.0, 6: math.nan}), pd.Series({4: 1.0, 5: 1.0, 6: 1.0})
+    e = P.ratio_estimate(a, b)
+    assert e.value == pytest.approx(20.0) and e.n == 2 and e.lo < 20 < e.hi
+    one = P.ratio_estimate(a.iloc[:1], b.iloc[:1])
+    assert one.value == 10.0 and one.lo == -math.inf
+    assert P.ratio_estimate(a.iloc[2:], b.iloc[2:]).n == 0
+
+
+def test_confirmation_lrs_take_the_best_rate_and_the_extras():
+    # Fails if a design's extra rates are lost or repeated, or a NaN best is run as NaN.
+    got = P.confirmation_lrs({"pre": 0.01, "peri": math.nan}, 0.1, {"pre": [0.05, 0.01]})
+    assert got == {"pre": [0.01, 0.05], "peri": [0.1]}
+    with pytest.raises(KeyError, match="lns"):
+        P.confirmation_lrs({"pre": 0.01}, 0.1, {"lns": [0.1]})

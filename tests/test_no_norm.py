@@ -410,3 +410,73 @@ def test_presets_give_chapter_10_fresh_seeds_and_the_default_alpha0():
         assert not set(scale.nonorm_seeds) & set(scale.design_seeds), name
         assert len(set(scale.nonorm_seeds)) == len(scale.nonorm_seeds) >= 2, name
         assert 0.5 in scale.nonorm_alphas, name
+
+
+def test_speedup_bounds_treat_an_unreached_target_as_censored():
+    # Fails if a run that never reached a target counts as infinitely slow (a speed-up of
+    # 0 or inf) instead of bounding the speed-up by the run's length.
+    steps = [0, 10, 20, 30, 40]
+    curve = lambda seed, d, losses: [  # noqa: E731
+        {"seed": seed, "design": d, "lr": 0.1, "step": s, "loss": v}
+        for s, v in zip(steps, losses, strict=True)
+    ]
+    rows = (
+        curve(0, "Pre-LN", [4, 3, 2, 1.5, 1.0])
+        + curve(0, "ReZero", [4, 2, 1.0, 0.9, 0.8])  # reaches both targets first
+        + curve(1, "Pre-LN", [4, 3.5, 3, 2.8, 2.6])  # never reaches 1.0
+        + curve(1, "ReZero", [4, 3, 2, 1.5, 1.0])
+    )
+    targets = pd.Series([2.0, 1.0], index=[0.5, 1.0])
+    b = P.speedup_bounds_by_seed(
+        pd.DataFrame(rows), {"Pre-LN": 0.1, "ReZero": 0.1}, "Pre-LN", "ReZero", targets, 40
+    )
+    assert b.loc[0, "lo"] == b.loc[0, "hi"] == pytest.approx(2.0)  # 20/10 and 40/20
+    assert b.loc[1, "last_lo"] == pytest.approx(1.0) and b.loc[1, "last_hi"] == math.inf
+    assert b.loc[1, "censored"] == 2 and b.loc[0, "censored"] == 0
+    assert b.loc[1, "lo"] == pytest.approx(1.0)  # the worst target's lower bound
+    est = P.censored_interval(b.lo, b.hi)
+    assert est.hi == math.inf
+    with pytest.raises(ValueError, match="horizon"):
+        P.speedup_bounds_by_seed(
+            pd.DataFrame(rows), {"Pre-LN": 0.1, "ReZero": 0.1}, "Pre-LN", "ReZero", targets, 0
+        )
+
+
+def test_logit_growth_by_seed_is_last_over_first_per_seed():
+    rows = [
+        {
+            "probe": "max_attention_logits",
+            "seed": s,
+            "design": "Pre-LN",
+            "lr": 0.1,
+            "step": st,
+            "layer": 0,
+            "max_logit": v * (s + 1),
+        }
+        for s in (0, 1)
+        for st, v in ((0, 2.0), (10, 8.0))
+    ]
+    g = P.logit_growth_by_seed(pd.DataFrame(rows), 0.1, "Pre-LN")
+    assert g.tolist() == [4.0, 4.0]
+    assert P.logit_growth_by_seed(pd.DataFrame(rows), 0.2, "Pre-LN").isna().all()
+
+
+def test_design_grids_are_the_inverse_of_design_of():
+    # Fails if a design's grid keys would be run as another design.
+    for name, grid in P.DESIGN_GRIDS.items():
+        row = {"placement": "pre", "norm": "layernorm", **{k: v[0] for k, v in grid.items()}}
+        assert P.design_of(pd.DataFrame([row])).iloc[0] == name
+    assert set(P.DESIGN_GRIDS) == {*P.DESIGNS, P.DYT_EMB}
+
+
+def test_part3_confirmation_seeds_are_fresh_at_the_real_presets():
+    # Fails if chapters 9 and 10 judge on a seed that an earlier build showed (design_seeds,
+    # design_confirm_seeds, nonorm_seeds) or on the development run's own seed, or on fewer
+    # than two seeds (no interval).
+    for name in ("cpu", "gpu"):
+        s = P.PRESETS[name]
+        seen = {*s.design_seeds, *s.design_confirm_seeds, *s.nonorm_seeds, *s.part3_dev_seeds}
+        assert not set(s.part3_confirm_seeds) & seen, name
+        assert len(set(s.part3_confirm_seeds)) == len(s.part3_confirm_seeds) >= 2, name
+    for s in P.PRESETS.values():
+        assert len(s.part3_dev_seeds) >= 1, s.name

@@ -159,3 +159,18 @@ def test_rate_interval_at_zero_and_all_for_every_n_and_level():
             every = P.rate_interval(["stalled"] * n, "failed", level)
             assert none.lo == 0.0 <= none.value < none.hi
             assert every.lo < every.value == 1.0 == every.hi
+
+
+def test_censored_interval_covers_what_the_bounds_allow():
+    # Fails if a censored seed is read as its bound (a t-interval of the lower ends), if an
+    # unbounded seed leaves a finite end, or if uncensored values stop being a t-interval.
+    exact = P.censored_interval([1.2, 1.6], [1.2, 1.6])
+    assert exact == P.t_interval([1.2, 1.6])
+    cens = P.censored_interval([1.2, 1.5], [1.2, math.inf])
+    assert cens.hi == math.inf and cens.lo == P.t_interval([1.2, 1.5]).lo
+    assert cens.value == pytest.approx(1.35)
+    upper = P.censored_interval([0.0, 0.8], [0.5, 0.8])
+    assert upper.hi == P.t_interval([0.5, 0.8]).hi and upper.lo == P.t_interval([0.0, 0.8]).lo
+    assert P.censored_interval([2.0], [2.0]).lo == -math.inf
+    with pytest.raises(ValueError, match="at most its upper"):
+        P.censored_interval([2.0, 1.0], [1.0, 1.0])
