@@ -259,7 +259,9 @@ from .warmup import (
     cell_differences,
     control_labels,
     diff_ranges,
+    escape_clause,
     first_steps,
+    largest_of,
     matches_treatment,
     necessity_table,
     need_estimate,
@@ -280,6 +282,7 @@ from .warmup import (
     trained_counts,
     warmup_controls,
     warmup_gain,
+    warmup_gains,
 )
 
 # Plotting (matplotlib, seaborn) is imported on first use, not here: sweep workers import
@@ -545,6 +548,8 @@ __all__ = [
     "plot_long_runs",
     "plot_cell_differences",
     "diff_ranges",
+    "escape_clause",
+    "largest_of",
     "need_estimate",
     "need_rate",
     "necessity_table",
@@ -566,6 +571,7 @@ __all__ = [
     "trained_counts",
     "warmup_controls",
     "warmup_gain",
+    "warmup_gains",
     "fold_norm_bias",
     "loss_with_norm_params",
     "norm_affine_drift",

@@ -98,14 +98,16 @@ class Scale:
     ``gradients_confirm_seeds``: chapter 3's fresh seeds for the init-time probes of C2,
     C3 and C5, whose predictions were revised (the width-scaled GPT-2 init added) after
     the results of ``seeds`` were seen: the verdicts rest on these seeds only.
-    ``highway_confirm_seeds``: chapter 4's fresh training seeds for C8's core prediction
-    (the step gain of trained Pre-LN models), revised after the ``train_seeds`` results
-    were seen; at least two, so that a 95% *t*-interval over them exists (the chapter
-    computes, from the development seeds' spread, whether that many can decide).
+    ``highway_confirm_seeds``: chapter 4's fresh seeds for C8 (the gradient at the lowest
+    block boundary relative to the top, in trained Pre-LN models and at initialization),
+    whose predictions were revised after earlier builds had trained or probed every seed
+    below the smallest of these, the development seeds; at least three at ``cpu``, so
+    that a 95% *t*-interval over them has a usable width (with two, t(0.975, 1) = 12.7).
     ``warmup_confirm_seeds``: chapter 5's confirmation seeds, fresh seeds (none of
     ``train_seeds``) on which the predictions revised after ``train_seeds``' results were
-    seen are judged; ``warmup_long_factor``: how many times ``grid_steps`` chapter 5's
-    long runs of its hardest cell train, to tell a stalled run from a slow one.
+    seen are judged; every run of chapter 5 uses them (the development seeds are not run
+    again); ``warmup_long_factor``: how many times ``grid_steps`` chapter 5's long run of
+    its hardest cell (one seed) trains, to tell a stalled run from a slow one.
     ``design_lrs``: chapter 9's learning rates for the designs after Pre-LN, reaching one
     rate past each end of ``wide_lrs``, on whose edges some designs' optima lay for the
     development seeds (``design_seeds``), so that the optima are bracketed; ``design_confirm_seeds``: the fresh seeds chapter 9's
@@ -267,7 +269,7 @@ PRESETS: Registry[Scale] = Registry(
             quality_seeds=tuple(range(8)),
             jacobian_seeds=(5, 6, 7),
             gradients_confirm_seeds=(3, 4, 5),
-            highway_confirm_seeds=(2, 3),
+            highway_confirm_seeds=(4, 5, 6),
             warmup_confirm_seeds=(2, 3),
             warmup_long_factor=4,
             design_lrs=(1e-4, 5e-4, 2.5e-3, 1.25e-2, 6.25e-2),
@@ -312,8 +314,8 @@ PRESETS: Registry[Scale] = Registry(
             quality_seeds=tuple(range(8)),
             jacobian_seeds=(5, 6, 7, 8, 9),
             gradients_confirm_seeds=(5, 6, 7, 8, 9),
-            highway_confirm_seeds=(3, 4, 5),
-            warmup_confirm_seeds=(3, 4),
+            highway_confirm_seeds=(6, 7, 8),
+            warmup_confirm_seeds=(3, 4, 5),
             warmup_long_factor=4,
             design_lrs=(3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
             design_confirm_seeds=(2, 3),

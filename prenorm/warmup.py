@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .stats import paired_difference, rate, rate_interval
+from .stats import paired_difference, rate, rate_interval, t_quantile
 from .verdicts import Estimate
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ __all__ = [
     "matches_treatment",
     "necessity_table",
     "diff_ranges",
+    "escape_clause",
     "need_estimate",
     "need_rate",
     "outcome_counts",
@@ -60,8 +61,10 @@ __all__ = [
     "stall_escape",
     "trained_cells",
     "trained_counts",
+    "largest_of",
     "warmup_controls",
     "warmup_gain",
+    "warmup_gains",
 ]
 
 #: The columns that make a cell of a training grid: every run of a cell differs from the
@@ -137,6 +140,66 @@ def warmup_gain(
     _need(runs, [*cell, "warmup_steps", value])
     means = runs.groupby([*cell, "warmup_steps"])[value].mean()
     return means.xs(0, level="warmup_steps") - means.xs(warm, level="warmup_steps")
+
+
+def warmup_gains(
+    runs: pd.DataFrame,
+    warm: int,
+    value: str = "final_val_loss",
+    cell: Sequence[str] = ("n_layers", "lr"),
+    level: float = 0.95,
+) -> pd.DataFrame:
+    r"""What a warmup of ``warm`` steps gains in each cell (the columns ``cell``), seed
+    by seed, with an interval: the paired differences
+    :math:`d_{ci} = y_{ci}(T_w = 0) - y_{ci}(T_w = \text{warm})` of ``value`` (positive:
+    warmup lowered the loss) for the seeds :math:`i` with both runs finite, their mean
+    :math:`\bar d_c` (``mean``, over ``n`` pairs) and a Student-t interval ``lo``, ``hi``
+    at ``level`` built on the SD pooled over the cells,
+
+    .. math:: s_p^2 = \frac{\sum_c \sum_i (d_{ci} - \bar d_c)^2}{\sum_c (n_c - 1)},
+        \qquad \bar d_c \pm t_{(1+\text{level})/2,\ \sum_c (n_c - 1)}\, s_p/\sqrt{n_c},
+
+    which assumes one spread of the seed-to-seed difference in every cell and, with two
+    seeds a cell, gives far narrower intervals than one :math:`t` with one degree of
+    freedom per cell. ``sd`` and ``df`` are :math:`s_p` and its degrees of freedom (the
+    interval is infinite when ``df`` is 0). Pass one placement's runs. Indexed by
+    ``cell``; a cell with no complete pair is left out."""
+    _need(runs, [*cell, "warmup_steps", "seed", value])
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level!r}")
+    sides = runs[runs.warmup_steps.isin([0, warm])]
+    if sides.duplicated([*cell, "warmup_steps", "seed"]).any():
+        raise ValueError(f"more than one run per cell {list(cell)}, warmup and seed")
+    wide = sides.pivot_table(
+        index=[*cell, "seed"], columns="warmup_steps", values=value, aggfunc="first"
+    )
+    if 0 not in wide.columns or warm not in wide.columns:
+        raise ValueError(f"the runs need both warmup 0 and warmup {warm}")
+    d = (wide[0] - wide[warm]).dropna()
+    groups = d.groupby(level=list(cell))
+    n, mean = groups.size(), groups.mean()
+    df = int((n - 1).sum())
+    ss = float(((d - groups.transform("mean")) ** 2).sum())
+    sd = math.sqrt(ss / df) if df else math.nan
+    half = t_quantile((1 + level) / 2, df) * sd / np.sqrt(n) if df else math.inf
+    table = pd.DataFrame({"n": n, "mean": mean, "lo": mean - half, "hi": mean + half})
+    return table.assign(sd=sd, df=df)
+
+
+def largest_of(table: pd.DataFrame) -> Estimate:
+    r"""The largest of several cell means (``table``: one row per cell with ``mean``,
+    ``lo``, ``hi``, as :func:`warmup_gains` gives), judged with every cell's interval:
+    value :math:`\max_c \bar d_c`, interval :math:`[\max_c lo_c, \max_c hi_c]`. A
+    prediction "every cell is at most :math:`t`" then holds when every cell's interval
+    lies below :math:`t`, fails when some cell's lies wholly above it, and is undecided
+    otherwise; the maximum of noisy means alone would be biased upward. NaN for no
+    cells."""
+    _need(table, ["mean", "lo", "hi"])
+    if not len(table):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    return Estimate(
+        float(table["mean"].max()), float(table.lo.max()), float(table.hi.max()), len(table)
+    )
 
 
 def rescued_cells(
@@ -274,6 +337,27 @@ def stall_escape(
     return table.drop(columns=["diverged_at_end_of_short"])
 
 
+def escape_clause(escapes: pd.DataFrame) -> str:
+    """What the long runs of :func:`stall_escape` (``escapes``: its ``outcome_at`` and
+    ``escaped`` columns) say about stalled against slow, in words, for one run or
+    several: no run had failed at the shorter horizon (they cannot tell), no failed run
+    escaped (they stall), every one did (they were slow), or how many of them did."""
+    _need(escapes, ["outcome_at", "escaped"])
+    failed = int((escapes.outcome_at != "trained").sum())
+    escaped = int(escapes.escaped.sum())
+    if failed == 0:
+        return "no run had failed by then, so the long runs cannot tell stalled from slow"
+    if failed == 1:
+        if escaped:
+            return "the failed run escaped: at this horizon it was slow, not stalled"
+        return "the failed run did not escape: it stalls rather than trains slowly"
+    if escaped == 0:
+        return f"none of the {failed} failed runs escaped: they stall rather than train slowly"
+    if escaped == failed:
+        return f"all {failed} failed runs escaped: at this horizon they were slow, not stalled"
+    return f"{escaped} of the {failed} failed runs escaped"
+
+
 def control_labels(warm: int) -> dict[str, str]:
     """The arms of the warmup controls (:func:`warmup_controls`), in the order they are
     shown: a short key (for glue names) -> the label of the arm."""
@@ -378,7 +462,10 @@ def first_steps(
     ``"prod 1/sigma"`` (:math:`\prod 1/\sigma` over the norms of layers 1 and up, the
     product of their mean inverse scales, :func:`~prenorm.norm_input_scales`) and
     ``"mean sigma"`` (the mean :math:`\sigma` over every norm). ``train_kwargs`` go to
-    :func:`~prenorm.train` (``steps`` is overridden); its ``device`` is the model's."""
+    :func:`~prenorm.train` (``steps`` is overridden); its ``device`` is the model's. The
+    validation loss is not used here, so unless ``train_kwargs`` set ``eval_interval`` it
+    is computed once, at the end: evaluating every tenth step cost about as much as the
+    probes and the training together, and it changes nothing the probes see."""
     from .model import build_model
     from .probes import hidden_grad_norms, norm_input_scales
     from .training import train
@@ -406,7 +493,7 @@ def first_steps(
         train(
             model,
             data,
-            **{**train_kwargs, "steps": steps},
+            **{"eval_interval": steps, **train_kwargs, "steps": steps},
             lr=lr,
             warmup_steps=min(warmup, steps),
             seed=seed,

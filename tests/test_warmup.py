@@ -412,3 +412,65 @@ def test_diff_ranges_says_one_cell_once_and_skips_empty_depths():
     text = P.diff_ranges(diffs, [6, 12, 24])
     assert text == "from -0.053 to +0.075 nats at L = 6; +0.491 nats at L = 12 (one cell)"
     assert P.diff_ranges(diffs.iloc[:0], [6]) == "over no cell"
+
+
+def test_warmup_gains_pairs_by_seed_and_pools_the_sd_over_cells():
+    # Cell (2, .1): pairs 3.0-2.5 = 0.5 and 2.8-2.5 = 0.3 -> mean 0.4, deviations +-0.1.
+    # Cell (2, .2): pairs 2.0-2.2 = -0.2 and 2.0-1.8 = 0.2 -> mean 0.0, deviations +-0.2.
+    # Pooled: s^2 = (0.01 + 0.01 + 0.04 + 0.04) / 2 = 0.05 on 2 df, so each half-width is
+    # t(0.975, 2) sqrt(0.05 / 2) = 4.303 * 0.158. Fails if pairs are not matched by seed
+    # (the means would stay but the SD would change), or the SD is not pooled.
+    spec = {
+        ("pre", 2, 0.1, 0): [(T, 3.0), (T, 2.8)],
+        ("pre", 2, 0.1, 10): [(T, 2.5), (T, 2.5)],
+        ("pre", 2, 0.2, 0): [(T, 2.0), (T, 2.0)],
+        ("pre", 2, 0.2, 10): [(T, 2.2), (T, 1.8)],
+        ("pre", 2, 0.2, 5): [(T, 0.0), (T, 0.0)],  # another warmup: ignored
+    }
+    table = P.warmup_gains(_runs(spec), 10)
+    half = P.t_quantile(0.975, 2) * math.sqrt(0.05 / 2)
+    assert table.loc[(2, 0.1), "mean"] == pytest.approx(0.4)
+    assert table.loc[(2, 0.2), "mean"] == pytest.approx(0.0)
+    assert table.loc[(2, 0.1), "hi"] - table.loc[(2, 0.1), "mean"] == pytest.approx(half)
+    assert table.sd.iloc[0] == pytest.approx(math.sqrt(0.05))
+    assert table.df.iloc[0] == 2
+    best = P.largest_of(table)
+    assert best.value == pytest.approx(0.4)
+    assert best.lo == pytest.approx(0.4 - half) and best.hi == pytest.approx(0.4 + half)
+    # "at most 0.05 in every cell" is undecided here; a cell wholly above decides it.
+    assert P.Prediction("gain", "<=", 0.05).outcome(best) == "undecided"
+    assert P.Prediction("gain", "<=", 5.0).outcome(best) == "holds"
+    assert P.Prediction("gain", "<=", -0.5).outcome(best) == "fails"
+
+
+def test_warmup_gains_drops_unfinished_pairs_and_is_infinite_without_df():
+    # A diverged run has no loss: its pair is dropped. One pair a cell leaves no degree of
+    # freedom, so the interval is infinite and cannot decide anything.
+    spec = {
+        ("pre", 2, 0.1, 0): [(T, 3.0), (D, math.nan)],
+        ("pre", 2, 0.1, 10): [(T, 2.5), (T, 2.5)],
+    }
+    table = P.warmup_gains(_runs(spec), 10)
+    assert table.n.tolist() == [1]
+    assert table.df.iloc[0] == 0 and math.isinf(table.hi.iloc[0])
+    assert P.Prediction("gain", "<=", 0.05).outcome(P.largest_of(table)) == "undecided"
+    with pytest.raises(ValueError, match="warmup 7"):
+        P.warmup_gains(_runs(spec), 7)
+    assert math.isnan(P.largest_of(table.iloc[:0]).value)
+
+
+@pytest.mark.parametrize(
+    ("at", "escaped", "words"),
+    [
+        (["trained", "trained"], [False, False], "cannot tell stalled from slow"),
+        (["stalled"], [False], "the failed run did not escape"),
+        (["stalled"], [True], "the failed run escaped"),
+        (["stalled", "diverged", "trained"], [False, False, False], "none of the 2 failed"),
+        (["stalled", "stalled"], [True, True], "all 2 failed runs escaped"),
+        (["stalled", "stalled", "trained"], [True, False, False], "1 of the 2 failed runs"),
+    ],
+)
+def test_escape_clause_counts_failed_runs_and_their_escapes(at, escaped, words):
+    # A run that trained at the short horizon is not a failed run, whatever it did later.
+    esc = pd.DataFrame({"outcome_at": at, "escaped": escaped})
+    assert words in P.escape_clause(esc)
