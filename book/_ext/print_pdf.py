@@ -85,7 +85,7 @@ PREPARE = """(async () => {
     const section = anchor.nextElementSibling;
     if (!section) continue;
     section.classList.add('prenorm-document');
-    const h1 = section.querySelector('h1');
+    const h1 = section.querySelector('h1, h2');  // singlehtml nests each document: h2
     if (h1 && chapters[doc] && !h1.querySelector('.section-number')) {
       const n = document.createElement('span');
       n.className = 'prenorm-chapter-number';
@@ -179,14 +179,29 @@ def chapter_numbers(root: Path) -> dict[str, int]:
 
 
 def print_pdf(
-    site: Path, out: Path, root: Path, page_name: str = "index.html", timeout: float = 300.0
+    site: Path, out: Path, root: Path, page_name: str | None = None, timeout: float = 300.0
 ) -> dict:
-    """Print ``site/<page_name>`` (by default the one page of a ``singlehtml`` build) to
-    ``out``; returns the page's checks (formula count, relinked ledger links)."""
+    """Print ``site/<page_name>`` to ``out``; returns the page's checks (formula count,
+    relinked ledger links). By default the page is the root document of a ``singlehtml``
+    build (``_toc.yml``'s ``root``, e.g. ``book/intro.html``), which holds the whole book."""
+    if page_name is None:
+        import yaml
+
+        page_name = yaml.safe_load((root / "_toc.yml").read_text())["root"] + ".html"
     if not (site / page_name).is_file():
         raise FileNotFoundError(f"{site / page_name} is missing: build with --builder singlehtml")
+    # Sphinx's singlehtml writes the book into the root document's file (book/intro.html)
+    # with links relative to the build's root (_static/, _images/): serve it from the root.
+    page_file = site / page_name
+
+    class _Root(_Quiet):
+        def translate_path(self, path: str) -> str:
+            if path.split("?")[0] == "/book.html":
+                return str(page_file)
+            return super().translate_path(path)
+
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site))
+        ("127.0.0.1", 0), functools.partial(_Root, directory=str(site))
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     profile = Path(tempfile.mkdtemp(prefix="prenorm-pdf-"))
@@ -219,7 +234,7 @@ def print_pdf(
         page = _Page(target["webSocketDebuggerUrl"])
         page.send("Page.enable")
         page.send("Emulation.setEmulatedMedia", media="print")
-        url = f"http://127.0.0.1:{server.server_address[1]}/{page_name}"
+        url = f"http://127.0.0.1:{server.server_address[1]}/book.html"
         page.send("Page.navigate", url=url)
         page.wait_for("Page.loadEventFired", timeout)
         script = PREPARE % (json.dumps(PRINT_CSS), json.dumps(chapter_numbers(root)))
@@ -257,7 +272,7 @@ def print_pdf(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("site", type=Path, help="the singlehtml build (its index.html)")
+    ap.add_argument("site", type=Path, help="the singlehtml build (_build/singlehtml)")
     ap.add_argument("out", type=Path, help="the PDF to write")
     ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
     a = ap.parse_args()
