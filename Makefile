@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # that the site loads nothing from a CDN (see _config.yml and book/_ext/vendor_assets.py).
 VENDOR := _vendor/VERSIONS
 
-.PHONY: book test test-min lint format benchmark gpu-book chromium clean
+.PHONY: book pdf test test-min lint format benchmark gpu-book chromium clean
 
 # The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
 # (without Ray that test is skipped, saying why).
@@ -29,19 +29,33 @@ $(STAMP): pyproject.toml Makefile
 $(VENDOR): book/_ext/vendor_assets.py
 	$(PYTHON) book/_ext/vendor_assets.py
 
-# Headless Chromium for tests/test_browser.py: Debian's package, installed with apt-get
-# when missing and we are root (CI); otherwise say how.
+# Headless Chromium for tests/test_browser.py and `make pdf`: Debian's package, installed
+# with apt-get when missing and we are root (CI); otherwise say how.
 chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core) >/dev/null; \
 	else \
-	  echo "tests/test_browser.py needs Chromium: sudo apt-get install chromium (or set CHROMIUM=/path/to/chrome)"; exit 1; \
+	  echo "make pdf and tests/test_browser.py need Chromium: sudo apt-get install chromium (or set CHROMIUM=/path/to/chrome)"; exit 1; \
 	fi
 
+# Incremental: executed notebooks are cached per preset and package hash (see _config.yml
+# and book/_ext/book_site.py), so a rebuild re-executes only what changed; `make clean` (or
+# removing _build/) gives a full build.
 book: $(STAMP) $(VENDOR)
-	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --all --warningiserror --keep-going
+	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
+
+# The PDF edition, _build/html/prenorm.pdf, linked from the landing page. The site first,
+# then the whole book as one page (Sphinx's singlehtml builder, from the same execution
+# cache, so nothing runs again), printed by headless Chromium once MathJax has typeset it.
+# Chromium rather than LaTeX: the ledger and tables are HTML outputs, which the LaTeX
+# builder cannot render, and Chromium is already here for the browser test (the reasons in
+# full: book/_ext/print_pdf.py).
+pdf: book chromium
+	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --builder singlehtml --warningiserror --keep-going
+	$(BIN)/python book/_ext/print_pdf.py _build/singlehtml _build/html/prenorm.pdf
+	@echo "Open _build/html/prenorm.pdf"
 
 # Everything, the Colab-like environment (tests/test_colab.py, marked slow) and the
 # browser test (tests/test_browser.py) included; TORCH_INDEX reaches the Colab-like

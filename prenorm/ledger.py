@@ -8,13 +8,23 @@ file per claim into the results directory, stamped with the current build
 a ledger with a missing claim or a row from another build, so the table on the
 landing page can only show numbers that this build's chapters produced.
 
-The results directory is ``$PRENORM_RESULTS`` if set, else ``_results`` next to the
-executing notebook (the book's chapters run with ``book/`` as working directory, both
-in the Jupyter Book build and under nbval).
+A *build* is a version of the package at a scale preset: its id is the preset's name and
+a hash of the package's source (:func:`package_hash`). Rows from the same package and
+preset are interchangeable, since every experiment is seeded; this is what lets the book
+reuse a chapter's cached execution (``execute_notebooks: cache``, keyed on the same id by
+``book/_ext/book_site.py``) while the landing page still refuses a row written by another
+version of the package or at another preset.
+
+The results directory is ``$PRENORM_RESULTS`` if set, else ``_results/<build id>`` next
+to the executing notebook (the book's chapters run with ``book/`` as working directory,
+both in the Jupyter Book build and under nbval), so that builds at different presets or
+package versions never overwrite each other's rows.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
 import json
 import os
@@ -34,6 +44,7 @@ __all__ = [
     "Claim",
     "LedgerError",
     "build_id",
+    "package_hash",
     "read",
     "record",
     "results_dir",
@@ -113,17 +124,59 @@ class LedgerError(ValueError):
     """The ledger is incomplete or holds a row that this build did not produce."""
 
 
-def results_dir() -> Path:
-    """Where ledger rows are written and read: ``$PRENORM_RESULTS``, else ``./_results``."""
+def results_dir(base: Path | str | None = None) -> Path:
+    """Where ledger rows are written and read: ``$PRENORM_RESULTS`` if set, else
+    ``<base>/_results/<build id>`` (``base`` defaults to the working directory; the
+    build id is :func:`build_id` at the active preset)."""
     env = os.environ.get("PRENORM_RESULTS")
-    return Path(env) if env else Path.cwd() / "_results"
+    if env:
+        return Path(env)
+    folder = Path(base) if base is not None else Path.cwd()
+    return folder / "_results" / build_id()
 
 
-def build_id() -> str:
-    """The current build: ``$PRENORM_BUILD`` if set, else the id of the process that
-    started this kernel (one ``jupyter-book build`` or one ``pytest`` run starts every
-    chapter's kernel, so all chapters of one build share it)."""
-    return os.environ.get("PRENORM_BUILD") or f"ppid-{os.getppid()}"
+_SOURCE_SUFFIXES = (".py", ".toml")
+
+
+@functools.cache
+def _hash_tree(root: Path, torch_version: str) -> str:
+    h = hashlib.sha256(torch_version.encode() + b"\0")
+    files = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts
+    ]
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def package_hash(root: Path | str | None = None) -> str:
+    """The first 12 hex digits of a SHA-256 over the package's source: every ``.py`` and
+    ``.toml`` file under ``root`` (default: this installed ``prenorm``), path and bytes,
+    in sorted order, and the torch version. Any edit to the package changes it.
+    Computed once per process and folder."""
+    import torch
+
+    folder = Path(root) if root is not None else Path(__file__).resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"package_hash: root {str(folder)!r} is not a directory")
+    return _hash_tree(folder.resolve(), torch.__version__)
+
+
+def build_id(preset: str | None = None) -> str:
+    """The current build: ``$PRENORM_BUILD`` if set, else ``<preset>-<package hash>``
+    with ``preset`` (default: the active one, :func:`~prenorm.scale`) and
+    :func:`package_hash`. Two executions of a chapter with the same id compute the same
+    rows (every experiment is seeded), so either's rows may stand in the ledger; a row
+    from another preset or another version of the package may not."""
+    env = os.environ.get("PRENORM_BUILD")
+    if env:
+        return env
+    from .devices import scale
+
+    return f"{scale(preset).name}-{package_hash()}"
 
 
 def record(
@@ -141,7 +194,8 @@ def record(
     ``section`` that measured it and the ``scale`` preset it ran at; for a result that is
     a property of a device and an implementation rather than of scale, ``device`` and
     ``implementation`` too, which :func:`verdict_text` puts into the verdict shown.
-    Returns the row."""
+    The row is stamped with :func:`build_id` at ``scale``, so a chapter run at another
+    preset than the landing page's is refused there. Returns the row."""
     c = CLAIMS[claim]
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}; valid verdicts are {list(VERDICTS)}")
@@ -155,7 +209,7 @@ def record(
         "chapter": c.chapter,
         "section": section,
         "scale": scale,
-        "build": build_id(),
+        "build": build_id(scale),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     for name, value in (("device", device), ("implementation", implementation)):
@@ -179,8 +233,9 @@ def read(
     """The ledger as a DataFrame, one row per claim in :data:`CLAIMS` order.
 
     Raises :class:`LedgerError` naming every claim whose row is missing, and every row
-    whose build is not ``build`` (default: :func:`build_id`). ``claims`` restricts the
-    check to some claims (default: all)."""
+    whose build is not ``build`` (default: :func:`build_id` at the active preset: the
+    same package source and preset). ``claims`` restricts the check to some claims
+    (default: all)."""
     folder = Path(directory) if directory is not None else results_dir()
     build = build if build is not None else build_id()
     wanted = claims if claims is not None else list(CLAIMS)
@@ -204,7 +259,8 @@ def read(
         raise LedgerError(
             "the claims ledger is not from this build: "
             + "; ".join(problems)
-            + ". Execute every chapter in one build (make book, or pytest --nbval-lax book/)."
+            + ". Execute every chapter with this package at this preset (make book, or"
+            + " pytest --nbval-lax book/)."
         )
     return pd.DataFrame(rows)
 

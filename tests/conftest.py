@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,46 @@ def built_book(tmp_path_factory):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     return out / "_build" / "html", log
+
+
+@pytest.fixture(scope="session")
+def built_pdf(built_book):
+    """The PDF edition of the session's `ci` book, as `make pdf` makes it: the singlehtml
+    build beside the site (same output folder, so the same execution cache: nothing is
+    re-executed but the landing page), printed by book/_ext/print_pdf.py into the site as
+    prenorm.pdf. Returns (pdf path, seconds the two steps took)."""
+    import time
+
+    html, _ = built_book
+    out = html.parents[1]
+    exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    env = {**os.environ, "PRENORM_SCALE": "ci"}
+    t = time.monotonic()
+    proc = subprocess.run(
+        [exe, "build", str(ROOT), "--path-output", str(out), "--builder", "singlehtml"]
+        + ["--warningiserror", "--keep-going"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    executed = re.findall(r"([\w.-]+\.ipynb): Executed notebook", log)
+    assert executed == ["intro.ipynb"], (
+        f"the singlehtml build executed {executed}, not only the landing page"
+    )
+    pdf = html / "prenorm.pdf"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "book" / "_ext" / "print_pdf.py"),
+            str(out / "_build" / "singlehtml"),
+            str(pdf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return pdf, time.monotonic() - t

@@ -298,3 +298,27 @@ def test_page_renders_offline_in_chromium(site, browser, page_name):
     finally:
         page.close()
         urllib.request.urlopen(f"{browser}/json/close/{page.target}", timeout=10).read()
+
+
+def test_landing_page_links_to_the_pdf_edition(site, browser, built_pdf):
+    # The site's link to the PDF edition (conftest.py's built_pdf puts it where `make pdf`
+    # does) resolves, in the browser, to the PDF itself.
+    page, _ = _open(browser, f"{site}/book/intro.html")
+    try:
+        found = page.evaluate(
+            """(async () => Promise.all([...document.querySelectorAll('a.pdf-edition-link')]
+                .map(async a => {
+                  const r = await fetch(a.href);
+                  const head = new Uint8Array(await r.arrayBuffer()).slice(0, 5);
+                  return {href: a.href, status: r.status, type: r.headers.get('content-type'),
+                          magic: String.fromCharCode(...head)};
+                })))()"""
+        )
+    finally:
+        page.close()
+        urllib.request.urlopen(f"{browser}/json/close/{page.target}", timeout=10).read()
+    assert len(found) == 1, f"the landing page should link the PDF once: {found}"
+    (link,) = found
+    assert link["href"] == f"{site}/prenorm.pdf", link
+    assert link["status"] == 200 and link["type"] == "application/pdf", link
+    assert link["magic"] == "%PDF-", link

@@ -109,6 +109,7 @@ def test_tables_show_what_was_measured():
 
 def test_record_writes_the_computed_verdict(tmp_path, monkeypatch):
     monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    monkeypatch.setenv("PRENORM_SCALE", "ci")  # the ledger reads rows of the active preset
     c = _c13().measure(ci_end=0.05, seed=0.5, edge=False)
     row = c.record("gap 0.05", scale="ci")
     saved = json.loads((tmp_path / "C13.json").read_text())

@@ -40,11 +40,80 @@ def test_row_from_another_build_fails(tmp_path, monkeypatch):
     assert len(read(tmp_path, claims=["C3"])) == 1  # the fresh row alone is fine
 
 
-def test_default_build_is_the_parent_process(monkeypatch):
-    import os
-
+def test_default_build_is_the_preset_and_the_package_hash(monkeypatch):
     monkeypatch.delenv("PRENORM_BUILD", raising=False)
-    assert P.ledger.build_id() == f"ppid-{os.getppid()}"
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    assert P.ledger.build_id() == f"ci-{P.ledger.package_hash()}"
+    assert P.ledger.build_id("cpu") == f"cpu-{P.ledger.package_hash()}"
+    with pytest.raises(KeyError, match="nope"):
+        P.ledger.build_id("nope")
+
+
+def test_package_hash_changes_with_any_source_edit(tmp_path):
+    # A copy of the package: the hash is of its source, so an edit to one file (even a
+    # comment) or a new module changes it, and an identical copy hashes the same.
+    import shutil
+    from pathlib import Path
+
+    src = Path(P.__file__).resolve().parent
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        shutil.copytree(src, d, ignore=shutil.ignore_patterns("__pycache__"))
+    assert P.ledger.package_hash(a) == P.ledger.package_hash(b) == P.ledger.package_hash()
+    (b / "__pycache__").mkdir(exist_ok=True)
+    (b / "__pycache__" / "x.cpython.pyc").write_bytes(b"compiled")  # not source
+    assert P.ledger.package_hash(b) == P.ledger.package_hash(a)
+    with open(b / "norms.py", "a") as f:
+        f.write("\n# an edit\n")
+    P.ledger._hash_tree.cache_clear()
+    assert P.ledger.package_hash(b) != P.ledger.package_hash(a)
+    (a / "new_module.py").write_text("x = 1\n")
+    P.ledger._hash_tree.cache_clear()
+    assert P.ledger.package_hash(a) not in (P.ledger.package_hash(), P.ledger.package_hash(b))
+    with pytest.raises(ValueError, match="not a directory"):
+        P.ledger.package_hash(tmp_path / "missing")
+
+
+def test_row_from_another_package_hash_or_preset_is_refused(tmp_path, monkeypatch):
+    # The freshness key is (package hash, preset): rows of a cached chapter execution with
+    # the same package and preset are accepted, any other is refused, naming the claim.
+    monkeypatch.delenv("PRENORM_BUILD", raising=False)
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    _write_all(tmp_path)
+    assert len(read(tmp_path)) == len(CLAIMS)  # same package and preset: accepted
+    # a row written at another preset
+    record("C4", P.VERDICTS[0], "x = 2.0", "sec", "cpu", directory=tmp_path)
+    with pytest.raises(LedgerError, match=r"C4 \(build 'cpu-"):
+        read(tmp_path)
+    record("C4", P.VERDICTS[0], "x = 1.0", "sec", "ci", directory=tmp_path)
+    assert len(read(tmp_path)) == len(CLAIMS)
+    # a row written by another version of the package
+    monkeypatch.setattr(P.ledger, "package_hash", lambda root=None: "0123456789ab")
+    record("C7", P.VERDICTS[0], "x = 1.0", "sec", "ci", directory=tmp_path)
+    monkeypatch.undo()
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    monkeypatch.delenv("PRENORM_BUILD", raising=False)
+    with pytest.raises(LedgerError, match=r"C7 \(build 'ci-0123456789ab'\)"):
+        read(tmp_path)
+    # and the landing page at another preset refuses the whole ci ledger
+    monkeypatch.setenv("PRENORM_SCALE", "cpu")
+    with pytest.raises(LedgerError, match="C1"):
+        read(tmp_path, claims=["C1"])
+
+
+def test_default_results_dir_is_per_build(tmp_path, monkeypatch):
+    # Rows of another preset or package version go to their own folder, so a ci run
+    # (make test) cannot overwrite the rows a cached cpu chapter execution wrote.
+    monkeypatch.delenv("PRENORM_RESULTS", raising=False)
+    monkeypatch.delenv("PRENORM_BUILD", raising=False)
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    ci = P.ledger.results_dir(tmp_path)
+    monkeypatch.setenv("PRENORM_SCALE", "cpu")
+    cpu = P.ledger.results_dir(tmp_path)
+    assert ci == tmp_path / "_results" / f"ci-{P.ledger.package_hash()}"
+    assert cpu.parent == ci.parent and cpu != ci
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path / "elsewhere"))
+    assert P.ledger.results_dir(tmp_path) == tmp_path / "elsewhere"
 
 
 def test_bad_input_names_the_valid_choices(tmp_path):
