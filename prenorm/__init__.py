@@ -133,6 +133,19 @@ from .norms import (
     make_norm,
     rmsnorm_jacobian,
 )
+from .pretrained import (
+    CHECKPOINTS,
+    READOUTS,
+    Checkpoint,
+    PretrainedLM,
+    checkpoint_dir,
+    fetch_checkpoints,
+    load_pretrained,
+    norm_geometry,
+    norm_swap_effect,
+    text_batch,
+    verify_checkpoint,
+)
 from .probes import (
     activation_outliers,
     batch_loss,
@@ -294,6 +307,17 @@ _LAZY_PLOTTING = (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKPOINTS",
+    "READOUTS",
+    "Checkpoint",
+    "PretrainedLM",
+    "checkpoint_dir",
+    "fetch_checkpoints",
+    "load_pretrained",
+    "norm_geometry",
+    "norm_swap_effect",
+    "text_batch",
+    "verify_checkpoint",
     "ACTIVATIONS",
     "BACKENDS",
     "COMPARISONS",

@@ -122,6 +122,10 @@ class Scale:
     confirmation seeds, none of them a search seed, that the verdict rests on (at ``cpu``,
     four: at a paired SD of 0.025 nats, a 95% half-width of about 0.04 nats; seeds 2 to 5
     were seen by the first design and are skipped).
+    ``trained_seq_len``/``trained_encoder_seqs``/``trained_decoder_seqs``: chapter 11's
+    text for the trained checkpoints: tokens per window, and how many windows of the
+    corpus go through the encoder (an even number: the contrastive readout pairs them)
+    and through the 30-layer decoder (whose layer ablation costs 30 forward passes).
     """
 
     name: str
@@ -165,6 +169,9 @@ class Scale:
     coda_lrs: tuple[float, ...]
     coda_search_seeds: tuple[int, ...]
     coda_confirm_seeds: tuple[int, ...]
+    trained_seq_len: int
+    trained_encoder_seqs: int
+    trained_decoder_seqs: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -222,6 +229,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 1e-2),
             coda_search_seeds=(0,),
             coda_confirm_seeds=(6, 7),
+            trained_seq_len=32,
+            trained_encoder_seqs=4,
+            trained_decoder_seqs=1,
         ),
         "cpu": Scale(
             name="cpu",
@@ -265,6 +275,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
             coda_search_seeds=(0, 1),
             coda_confirm_seeds=(6, 7, 8, 9),
+            trained_seq_len=128,
+            trained_encoder_seqs=8,
+            trained_decoder_seqs=2,
         ),
         "gpu": Scale(
             name="gpu",
@@ -308,6 +321,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
             coda_search_seeds=(0, 1),
             coda_confirm_seeds=(6, 7, 8, 9, 10, 11),
+            trained_seq_len=256,
+            trained_encoder_seqs=16,
+            trained_decoder_seqs=8,
         ),
     },
 )
