@@ -135,16 +135,20 @@ from .norms import (
 )
 from .pretrained import (
     CHECKPOINTS,
+    EDITS,
     READOUTS,
     Checkpoint,
     PretrainedLM,
     checkpoint_dir,
+    contrastive_accuracy,
     fetch_checkpoints,
     load_pretrained,
     norm_geometry,
     norm_swap_effect,
     text_batch,
     verify_checkpoint,
+    window_ablation,
+    window_grad_norms,
 )
 from .probes import (
     activation_outliers,
@@ -308,16 +312,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINTS",
+    "EDITS",
     "READOUTS",
     "Checkpoint",
     "PretrainedLM",
     "checkpoint_dir",
+    "contrastive_accuracy",
     "fetch_checkpoints",
     "load_pretrained",
     "norm_geometry",
     "norm_swap_effect",
     "text_batch",
     "verify_checkpoint",
+    "window_ablation",
+    "window_grad_norms",
     "ACTIVATIONS",
     "BACKENDS",
     "COMPARISONS",

@@ -125,7 +125,9 @@ class Scale:
     ``trained_seq_len``/``trained_encoder_seqs``/``trained_decoder_seqs``: chapter 11's
     text for the trained checkpoints: tokens per window, and how many windows of the
     corpus go through the encoder (an even number: the contrastive readout pairs them)
-    and through the 30-layer decoder (whose layer ablation costs 30 forward passes).
+    and through the 30-layer decoder (whose layer ablation costs about 15 forward passes);
+    each window is one observation of the chapter's 95% intervals, so every preset has at
+    least two of each.
     """
 
     name: str
@@ -231,7 +233,7 @@ PRESETS: Registry[Scale] = Registry(
             coda_confirm_seeds=(6, 7),
             trained_seq_len=32,
             trained_encoder_seqs=4,
-            trained_decoder_seqs=1,
+            trained_decoder_seqs=2,
         ),
         "cpu": Scale(
             name="cpu",
@@ -276,8 +278,8 @@ PRESETS: Registry[Scale] = Registry(
             coda_search_seeds=(0, 1),
             coda_confirm_seeds=(6, 7, 8, 9),
             trained_seq_len=128,
-            trained_encoder_seqs=8,
-            trained_decoder_seqs=2,
+            trained_encoder_seqs=16,
+            trained_decoder_seqs=4,
         ),
         "gpu": Scale(
             name="gpu",

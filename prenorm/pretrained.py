@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,16 +53,20 @@ from .registry import Registry, unknown
 
 __all__ = [
     "CHECKPOINTS",
+    "EDITS",
     "READOUTS",
     "Checkpoint",
     "PretrainedLM",
     "checkpoint_dir",
+    "contrastive_accuracy",
     "fetch_checkpoints",
     "load_pretrained",
     "norm_geometry",
     "norm_swap_effect",
     "text_batch",
     "verify_checkpoint",
+    "window_ablation",
+    "window_grad_norms",
 ]
 
 
@@ -415,14 +421,23 @@ class PretrainedLM(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         pos = torch.arange(T, device=idx.device)
         if self.family == "bert":
-            e = self.hf.embeddings
-            x = e.word_embeddings(idx) + e.position_embeddings(pos)
-            x = x + e.token_type_embeddings(torch.zeros_like(idx))
-            return self.embed_norm(x)
+            return self.embed_norm(self.embed_input(idx))
         if self.family == "llama":
             return self.hf.model.embed_tokens(idx)
         t = self.hf.transformer
         return t.wte(idx) + t.wpe(pos)
+
+    def embed_input(self, idx: Tensor) -> Tensor:
+        """BERT's embedding sum (token + position + token-type 0), the input of its
+        embedding LayerNorm; ``idx`` as for :meth:`embed`. Only for BERT."""
+        if self.family != "bert":
+            raise ValueError(f"only BERT has an embedding LayerNorm, not {self.family!r}")
+        if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 2:
+            raise ValueError("idx must be a (batch, time) tensor of dtype torch.long")
+        e = self.hf.embeddings
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = e.word_embeddings(idx) + e.position_embeddings(pos)
+        return x + e.token_type_embeddings(torch.zeros_like(idx))
 
     def residual_stream(self, x: Tensor) -> list[Tensor]:
         """``[x_0, ..., x_L]``: the state entering every layer and the final one."""
@@ -472,14 +487,20 @@ class PretrainedLM(nn.Module):
         raise unknown("readout", self.readout, READOUTS)
 
     @contextlib.contextmanager
-    def edited_norms(self, edit: str) -> Iterator[PretrainedLM]:
-        r"""Within the block, every LayerNorm of the model (the embedding norm included)
-        is changed, and restored afterwards: ``"no_bias"`` sets every :math:`\beta` to 0;
-        ``"rmsnorm"`` drops the mean subtraction, :math:`\gamma \odot x/\mathrm{RMS}(x) +
-        \beta` with the same :math:`\gamma`, :math:`\beta` and :math:`\epsilon`."""
-        if edit not in ("no_bias", "rmsnorm"):
-            raise unknown("norm edit", edit, ("no_bias", "rmsnorm"))
-        lns = [n for _, n in self.all_norms() if isinstance(n, LayerNorm)]
+    def edited_norms(self, edit: str, names: list[str] | None = None) -> Iterator[PretrainedLM]:
+        r"""Within the block, the LayerNorms named ``names`` (names of :meth:`all_norms`;
+        default every LayerNorm, the embedding norm included) are changed, and restored
+        afterwards: ``"no_bias"`` sets :math:`\beta` to 0; ``"rmsnorm"`` drops the mean
+        subtraction, :math:`\gamma \odot x/\mathrm{RMS}(x) + \beta` with the same
+        :math:`\gamma`, :math:`\beta` and :math:`\epsilon`."""
+        if edit not in EDITS:
+            raise unknown("norm edit", edit, EDITS)
+        known = dict(self.all_norms())
+        for n in names or ():
+            if n not in known:
+                raise unknown("norm", n, tuple(known))
+        chosen = list(known) if names is None else list(names)
+        lns = [known[n] for n in chosen if isinstance(known[n], LayerNorm)]
         saved = [(n.bias.detach().clone() if n.bias is not None else None) for n in lns]
         originals = [n.forward for n in lns]
         try:
@@ -512,6 +533,9 @@ def _rms_with_shift(n: LayerNorm):  # noqa: ANN202 - a bound replacement forward
 
     return forward
 
+
+#: The edits of :meth:`PretrainedLM.edited_norms`.
+EDITS = ("no_bias", "rmsnorm")
 
 #: Model-hub ids of the full-precision models a reader with a network may load.
 HUB_FAMILIES = {"bert": "bert", "llama": "llama", "gpt2": "gpt2"}
@@ -551,10 +575,55 @@ def load_pretrained(name: str, online: bool = False) -> PretrainedLM:
             folder, local_files_only=True, dtype=torch.float32
         )
         return PretrainedLM(hf, "bert", ck.title, ck.quantization)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=ck.gguf_file, local_files_only=True, dtype=torch.float32
-    )
+    # Dequantizing the GGUF file takes half a minute; its fp32 result is kept next to it
+    # (folder "dequantized", stamped with the GGUF file's pinned SHA-256) and read back in
+    # a second or two. A missing or differently stamped copy is rebuilt from the GGUF file.
+    cache = folder / "dequantized"
+    digest = ck.files[ck.gguf_file]
+    stamp = cache / "SOURCE_SHA256"
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:  # transformers < 5
+            from transformers.modeling_utils import no_init_weights
+        cfg = transformers.AutoConfig.from_pretrained(cache, local_files_only=True)
+        with no_init_weights():
+            hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        state = safetensors.torch.load_file(cache / "model.safetensors")
+        tied = ("model.embed_tokens.weight", "lm_head.weight")  # one copy was saved
+        for a, b in (tied, tied[::-1]):
+            if a not in state and b in state:
+                state[a] = state[b]
+        hf.load_state_dict(state, strict=True)
+        hf.tie_weights()
+        hf.eval()
+    else:
+        hf = _load_gguf(folder, ck.gguf_file)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            cfg = hf.config.to_dict()
+            cfg.pop("quantization_config", None)
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg))
+            safetensors.torch.save_model(hf, str(Path(tmp) / "model.safetensors"))
+            (Path(tmp) / "SOURCE_SHA256").write_text(digest + "\n")
+            shutil.rmtree(cache, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another process may have written it first
+                os.replace(tmp, cache)
     return PretrainedLM(hf, "llama", ck.title, ck.quantization)
+
+
+def _load_gguf(folder: Path, gguf_file: str) -> nn.Module:
+    """A GGUF checkpoint dequantized to fp32 by ``transformers``, without its progress bar."""
+    import transformers
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    progress = gguf_utils.tqdm  # its "de-quantizing" progress bar would print in the page
+    gguf_utils.tqdm = lambda iterable, **_: iterable
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, local_files_only=True, dtype=torch.float32
+        )
+    finally:
+        gguf_utils.tqdm = progress
 
 
 def _tokenizer(name: str):  # noqa: ANN202 - a transformers tokenizer
@@ -598,82 +667,195 @@ def text_batch(name: str, text: str, n_seq: int, seq_len: int) -> tuple[Tensor, 
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-# ---- probes of trained norms -------------------------------------------------------
-def norm_geometry(model: nn.Module, batch: tuple[Tensor, Tensor], tokens: int = 16) -> pd.DataFrame:
-    r"""What every norm of the blocks sees on ``batch`` and what it does with it.
+# ---- probes of trained models, window by window ----------------------------------------
+def _check_model_batch(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    if not isinstance(model, PretrainedLM):
+        raise TypeError(f"model must be a PretrainedLM, got {type(model).__name__}")
+    if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        raise ValueError("batch must be a pair (x, targets) from text_batch")
+    x, y = batch
+    if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 2:
+        raise ValueError("x must be a (windows, time) tensor of token ids")
+    return x, y
 
-    For the input :math:`s` of each norm: ``sigma`` (mean over tokens of the scale it
-    divides by, :math:`\sigma` or RMS); ``mean_cos``, the mean over tokens of
+
+def norm_geometry(
+    model: PretrainedLM, batch: tuple[Tensor, Tensor], tokens: int = 16
+) -> pd.DataFrame:
+    r"""What every norm of the model sees on ``batch`` and what it does with it, window by
+    window (each row of ``batch`` is one window of text).
+
+    For the input :math:`s` of each norm, averaged over the window's tokens: ``sigma``
+    (the scale it divides by, :math:`\sigma` or RMS); ``mean_cos``,
     :math:`|\cos(s, \mathbf 1)| = |\mu|\sqrt d/\|s\|`, the share of :math:`s` along the
-    all-ones direction that LayerNorm's mean subtraction removes; ``gamma_max``
-    (:math:`\max_i|\gamma_i|`); ``gain_bound``, the mean over tokens of
-    :math:`\max_i|\gamma_i|/\sigma`; ``jac_norm`` and ``jac_norm_max``, the mean and the
-    largest spectral norm :math:`\|J(s)\|_2` of the closed-form Jacobian over the first
-    ``tokens`` tokens; and ``bias_share``, the mean over tokens of
-    :math:`\|\beta\|/\|\mathrm{N}(s)\|` (0 without :math:`\beta`). One row per norm:
-    ``layer``, ``sublayer``, ``slot``, the columns above, plus the model's describe
-    columns. Works for a :class:`~prenorm.TransformerLM` as for a :class:`PretrainedLM`."""
+    all-ones direction that LayerNorm's mean subtraction removes (removing it changes
+    :math:`s` by exactly that fraction of its norm); ``gain_bound``,
+    :math:`\max_i|\gamma_i|/\sigma`; ``jac_norm``, the spectral norm :math:`\|J(s)\|_2` of
+    the closed-form Jacobian, over the window's first ``tokens`` tokens (``jac_norm_max``
+    their largest); ``bias_share``, :math:`\|\beta\|/\|\mathrm{N}(s)\|` (0 without
+    :math:`\beta`); and ``gamma_max`` (:math:`\max_i|\gamma_i|`). One row per (norm,
+    window): ``layer``, ``sublayer``, ``slot``, ``window``, the columns above, plus the
+    model's describe columns. BERT's embedding LayerNorm is the row ``layer=-1``,
+    ``sublayer="embed"``, ``slot="after"``."""
     from .probes import _norm_inputs
 
+    x, _ = _check_model_batch(model, batch)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
-    rows = []
-    for l, which, slot, mod, x in _norm_inputs(model, batch):
-        s = x.reshape(-1, x.shape[-1])
-        d = s.shape[-1]
+    seen = list(_norm_inputs(model, batch))
+    if model.embed_norm is not None:
         with torch.no_grad():
-            sigma = mod.scale(s)
+            seen.insert(0, (-1, "embed", "after", model.embed_norm, model.embed_input(x)))
+    rows = []
+    for l, which, slot, mod, s in seen:
+        n, T, d = s.shape
+        with torch.no_grad():
+            sigma = mod.scale(s).reshape(n, T)
             cos = s.mean(-1).abs() * d**0.5 / s.norm(dim=-1)
             g = mod.weight.detach().abs().max()
             out = mod(s)
             b = getattr(mod, "bias", None)
-            share = (b.norm() / out.norm(dim=-1)) if b is not None else torch.zeros(len(s))
-            spec = torch.linalg.matrix_norm(mod.jacobian(s[:tokens]), ord=2)
-        rows.append(
-            {
-                "layer": l,
-                "sublayer": which,
-                "slot": slot,
-                "sigma": sigma.mean().item(),
-                "mean_cos": cos.mean().item(),
-                "gamma_max": g.item(),
-                "gain_bound": (g / sigma).mean().item(),
-                "jac_norm": spec.mean().item(),
-                "jac_norm_max": spec.max().item(),
-                "bias_share": share.mean().item(),
-            }
-        )
+            share = (b.norm() / out.norm(dim=-1)) if b is not None else torch.zeros(n, T)
+            k = min(tokens, T)
+            jac = mod.jacobian(s[:, :k].reshape(n * k, d))
+            spec = torch.linalg.matrix_norm(jac, ord=2).reshape(n, k)
+        for w in range(n):
+            rows.append(
+                {
+                    "layer": l,
+                    "sublayer": which,
+                    "slot": slot,
+                    "window": w,
+                    "sigma": sigma[w].mean().item(),
+                    "mean_cos": cos[w].mean().item(),
+                    "gamma_max": g.item(),
+                    "gain_bound": (g / sigma[w]).mean().item(),
+                    "jac_norm": spec[w].mean().item(),
+                    "jac_norm_max": spec[w].max().item(),
+                    "bias_share": share[w].mean().item(),
+                }
+            )
     return pd.DataFrame(rows).assign(**model.describe())
 
 
-def norm_swap_effect(model: PretrainedLM, batch: tuple[Tensor, Tensor]) -> pd.DataFrame:
-    r"""How far the output moves when every LayerNorm of ``model`` is edited with no
-    retraining (:meth:`PretrainedLM.edited_norms`): ``"no_bias"`` (every :math:`\beta`
-    removed) and ``"rmsnorm"`` (the mean subtraction removed). One row per edit:
-    ``edit``; ``rel_change``, :math:`\|x_L' - x_L\|/\|x_L\|` over the batch's final
-    states; ``cos_pooled``, the mean over sequences of the cosine between the pooled
-    sentence embeddings before and after (1 means unchanged); ``loss`` and
-    ``edited_loss``, the model's :meth:`~PretrainedLM.loss_from_stream` before and after."""
-    if not isinstance(model, PretrainedLM):
-        raise TypeError(f"model must be a PretrainedLM, got {type(model).__name__}")
-    x, y = batch
+def window_grad_norms(model: PretrainedLM, batch: tuple[Tensor, Tensor]) -> pd.DataFrame:
+    r"""The gradient of the model's :meth:`~PretrainedLM.loss_from_stream` on the whole
+    ``batch`` with respect to every residual state, window by window:
+    :math:`\|\partial \mathcal L/\partial x_l[w]\|` for window :math:`w` and
+    :math:`l = 0..L`. For a decoder each window's gradient is its own loss's (divided by
+    the number of windows); for the contrastive readout it includes the window's part in
+    the other pairs' losses. One row per (window, layer): ``window``, ``layer``,
+    ``grad_norm`` and ``relative`` (over the same window's value at :math:`l = L`), plus
+    the model's describe columns."""
+    x, y = _check_model_batch(model, batch)
+    x0 = model.embed(x).detach().requires_grad_(True)
+    states = model.residual_stream(x0)
+    grads = torch.autograd.grad(model.loss_from_stream(states[-1], y), states)
+    norms = torch.stack([g.detach().flatten(1).norm(dim=1) for g in grads], dim=1)
+    rel = norms / norms[:, -1:]
+    rows = [
+        {"window": w, "layer": l, "grad_norm": norms[w, l].item(), "relative": rel[w, l].item()}
+        for w in range(norms.shape[0])
+        for l in range(norms.shape[1])
+    ]
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def window_ablation(model: PretrainedLM, batch: tuple[Tensor, Tensor]) -> pd.DataFrame:
+    r"""Layer ablation of a decoder window by window: the increase of each window's
+    next-token cross-entropy when layer :math:`l` is skipped (:math:`x_{l+1} := x_l`) and
+    every other layer runs as usual. The layers below :math:`l` are computed once, so the
+    cost is about :math:`L/2` forward passes. One row per (window, layer): ``window``,
+    ``layer``, ``loss`` (the full model's, on that window), ``ablated_loss`` and
+    ``loss_increase``, plus the model's describe columns."""
+    x, y = _check_model_batch(model, batch)
+    if model.family == "bert":
+        raise ValueError("window_ablation needs a decoder's own loss; BERT has none")
+
+    def per_window(h: Tensor) -> Tensor:
+        logits = model.logits_from_stream(h)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        return ce.view(y.shape).mean(dim=1)
+
+    rows = []
+    with torch.no_grad():
+        states = model.residual_stream(model.embed(x))
+        full = per_window(states[-1])
+        for skip in range(model.n_layers):
+            h = states[skip]
+            for blk in model.blocks[skip + 1 :]:
+                h = blk(h)
+            ablated = per_window(h)
+            rows += [
+                {
+                    "window": w,
+                    "layer": skip,
+                    "loss": full[w].item(),
+                    "ablated_loss": ablated[w].item(),
+                    "loss_increase": (ablated[w] - full[w]).item(),
+                }
+                for w in range(len(full))
+            ]
+    return pd.DataFrame(rows).assign(**model.describe())
+
+
+def contrastive_accuracy(model: PretrainedLM, x_last: Tensor) -> float:
+    """The share of anchors (even rows) whose most similar in-batch candidate, by the
+    cosine of pooled embeddings, is their own positive (the next row): what the
+    ``"contrastive"`` readout rewards, with chance level ``2 / n_windows``."""
+    e = model.pooled(x_last)
+    if e.shape[0] < 2 or e.shape[0] % 2:
+        raise ValueError(f"needs an even number >= 2 of windows, got {e.shape[0]}")
+    sim = e[0::2] @ e[1::2].T
+    return (sim.argmax(dim=1) == torch.arange(sim.shape[0])).float().mean().item()
+
+
+def norm_swap_effect(
+    model: PretrainedLM,
+    batch: tuple[Tensor, Tensor],
+    edits: tuple[str, ...] = EDITS,
+    groups: dict[str, list[str] | None] | None = None,
+) -> pd.DataFrame:
+    r"""How far the output moves when LayerNorms of ``model`` are edited with no
+    retraining (:meth:`PretrainedLM.edited_norms`): ``"no_bias"`` (:math:`\beta` removed)
+    and ``"rmsnorm"`` (the mean subtraction removed), each applied to every group of
+    ``groups`` (a label and the names of :meth:`~PretrainedLM.all_norms` it edits;
+    ``None`` for all; default ``{"all": None}``). One row per (edit, group, window):
+    ``rel_change``, :math:`\|x_L' - x_L\|/\|x_L\|` over the window's final states;
+    ``cos_pooled``, the cosine between the window's pooled sentence embeddings before and
+    after (1 means unchanged); and, for the whole batch, ``loss`` and ``edited_loss``
+    (:meth:`~PretrainedLM.loss_from_stream`) and ``accuracy`` and ``edited_accuracy``
+    (:func:`contrastive_accuracy`, BERT only)."""
+    x, y = _check_model_batch(model, batch)
+    for e in edits:
+        if e not in EDITS:
+            raise unknown("norm edit", e, EDITS)
+    groups = {"all": None} if groups is None else groups
+    bert = model.family == "bert"
+    rows = []
     with torch.no_grad():
         ref = model(x)
         loss = model.loss_from_stream(ref, y).item()
-        rows = []
-        for edit in ("no_bias", "rmsnorm"):
-            with model.edited_norms(edit):
-                out = model(x)
-                edited_loss = model.loss_from_stream(out, y).item()
-            rows.append(
-                {
-                    "edit": edit,
-                    "rel_change": ((out - ref).norm() / ref.norm()).item(),
-                    "cos_pooled": F.cosine_similarity(model.pooled(out), model.pooled(ref), dim=-1)
-                    .mean()
-                    .item(),
-                    "loss": loss,
-                    "edited_loss": edited_loss,
-                }
-            )
+        acc = contrastive_accuracy(model, ref) if bert else float("nan")
+        for edit in edits:
+            for label, names in groups.items():
+                with model.edited_norms(edit, names):
+                    out = model(x)
+                    edited_loss = model.loss_from_stream(out, y).item()
+                rel = (out - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+                cos = F.cosine_similarity(model.pooled(out), model.pooled(ref), dim=-1)
+                rows += [
+                    {
+                        "edit": edit,
+                        "group": label,
+                        "window": w,
+                        "rel_change": rel[w].item(),
+                        "cos_pooled": cos[w].item(),
+                        "loss": loss,
+                        "edited_loss": edited_loss,
+                        "accuracy": acc,
+                        "edited_accuracy": contrastive_accuracy(model, out) if bert else acc,
+                    }
+                    for w in range(len(rel))
+                ]
     return pd.DataFrame(rows).assign(**model.describe())
