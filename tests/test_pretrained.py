@@ -13,12 +13,13 @@ transformers = pytest.importorskip("transformers")
 
 
 def _no_network(monkeypatch):
+    # HF_HUB_OFFLINE is deliberately not set here: the loader must not need it from outside.
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def test_every_checkpoint_is_pinned_by_hash():
@@ -114,6 +115,76 @@ def test_edited_norms_change_the_output_and_restore_it():
             pass
 
 
+def test_edits_can_be_restricted_to_named_norms():
+    m = P.PretrainedLM(_tiny("bert"), "bert", "tiny")
+    with torch.no_grad():
+        for _, n in m.all_norms():
+            n.bias.normal_()
+    x = torch.randint(0, 50, (2, 8))
+    names = [n for n, _ in m.all_norms()]
+    assert names[:3] == ["embed", "0.attn.after", "0.mlp.after"]
+    with torch.no_grad():
+        with m.edited_norms("no_bias", ["1.mlp.after"]):
+            last_only = m(x)
+        with m.edited_norms("no_bias"):
+            every = m(x)
+    assert not torch.allclose(last_only, every)
+    # editing only the last LayerNorm: its beta is the only difference at the output
+    ln = dict(m.all_norms())["1.mlp.after"]
+    torch.testing.assert_close(m(x).detach() - last_only, ln.bias.detach().expand_as(last_only))
+    with pytest.raises(ValueError, match="embed"):
+        with m.edited_norms("rmsnorm", ["nope"]):
+            pass
+
+
+def test_swap_effect_rows_per_window_and_group():
+    m = P.PretrainedLM(_tiny("bert"), "bert", "tiny")
+    with torch.no_grad():
+        for _, n in m.all_norms():
+            n.bias.normal_()
+    x = torch.randint(0, 50, (4, 8))
+    df = P.norm_swap_effect(m, (x, x), groups={"all": None, "embedding": ["embed"]})
+    assert len(df) == 2 * 2 * 4
+    assert set(df.columns) >= {"edit", "group", "window", "rel_change", "accuracy", "cos_sd"}
+    with torch.no_grad():
+        ref = m(x)
+        with m.edited_norms("rmsnorm", ["embed"]):
+            out = m(x)
+    row = df[(df.edit == "rmsnorm") & (df.group == "embedding") & (df.window == 2)].iloc[0]
+    assert row.rel_change == pytest.approx(((out[2] - ref[2]).norm() / ref[2].norm()).item())
+
+
+def test_window_probes_agree_with_the_batch_probes():
+    # A decoder's loss is the mean over windows of equal length, so the windows' mean loss
+    # increase is the batch's; each window's gradient ratios are those of the window alone.
+    m = P.PretrainedLM(_tiny("llama"), "llama", "tiny")
+    x = torch.randint(0, 50, (3, 10))
+    y = torch.randint(0, 50, (3, 10))
+    per = P.window_ablation(m, (x, y)).groupby("layer").loss_increase.mean()
+    whole = P.layer_ablation(m, (x, y)).set_index("layer").loss_increase
+    assert per.tolist() == pytest.approx(whole.tolist(), rel=1e-4, abs=1e-6)
+    wg = P.window_grad_norms(m, (x, y))
+    alone = P.hidden_grad_norms(m, (x[1:2], y[1:2])).relative
+    assert wg[wg.window == 1].relative.tolist() == pytest.approx(alone.tolist(), rel=1e-4)
+    with pytest.raises(ValueError, match="decoder"):
+        P.window_ablation(P.PretrainedLM(_tiny("bert"), "bert", "tiny"), (x, y))
+
+
+def test_norm_geometry_per_window_matches_direct_computation():
+    m = P.PretrainedLM(_tiny("bert"), "bert", "tiny")
+    x = torch.randint(0, 50, (2, 6))
+    geo = P.norm_geometry(m, (x, x), tokens=3)
+    assert len(geo) == 5 * 2 and (geo.layer.iloc[:2] == -1).all()  # the embedding LN first
+    s = m.embed_input(x)[1]
+    ln = m.embed_norm
+    d = s.shape[-1]
+    row = geo[(geo.layer == -1) & (geo.window == 1)].iloc[0]
+    assert row.mean_cos == pytest.approx((s.mean(-1).abs() * d**0.5 / s.norm(dim=-1)).mean().item())
+    spec = torch.linalg.matrix_norm(ln.jacobian(s[:3].detach()), ord=2)
+    assert row.jac_norm == pytest.approx(spec.mean().item(), rel=1e-4)
+    assert row.bias_share == pytest.approx((ln.bias.norm() / ln(s).norm(dim=-1)).mean().item())
+
+
 def test_readouts_are_validated_and_differ():
     m = P.PretrainedLM(_tiny("bert"), "bert", "tiny")
     x = torch.randint(0, 50, (4, 8))
@@ -165,7 +236,23 @@ def test_real_bert_adapter_and_probes_match_direct_computation(minilm, text):
     for h in hooks:
         h.remove()
     geo = P.norm_geometry(minilm, (x, y), tokens=2)
-    assert geo.sigma.tolist() == pytest.approx([s.mean().item() for s in seen], rel=1e-4)
+    blocks = geo[geo.layer >= 0]  # ordered by norm, then window
+    direct = [w.mean().item() for s in seen for w in s]
+    assert blocks.sigma.tolist() == pytest.approx(direct, rel=1e-4)
+    # the contrastive readout against sentence-transformers' recipe on the HF model's own
+    # output: mean pooling under the attention mask, unit length, 20 x cosine, pairs (0,1),
+    # (2,3): cross-entropy with each anchor's positive as the label
+    with torch.no_grad():
+        mask = torch.ones_like(x)
+        h = minilm.hf(input_ids=x, attention_mask=mask).last_hidden_state
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        e = torch.nn.functional.normalize(pooled, dim=-1)
+        sim = 20 * torch.nn.functional.cosine_similarity(e[0::2, None], e[None, 1::2], dim=-1)
+        direct_loss = torch.nn.functional.cross_entropy(sim, torch.arange(len(sim)))
+        ours = minilm.loss_from_stream(minilm(x), y)
+    assert ours.item() == pytest.approx(direct_loss.item(), rel=1e-4)
+    acc = (sim.argmax(1) == torch.arange(len(sim))).float().mean().item()
+    assert P.contrastive_accuracy(minilm, minilm(x).detach()) == acc
     # hidden-state gradients: the projection readout differentiated through HF directly
     minilm.readout = "projection"
     try:
@@ -194,6 +281,10 @@ def test_real_smollm2_adapter_and_probes_match_direct_computation(text):
     assert hg.grad_norm.iloc[:-1].tolist() == pytest.approx(
         [g.norm().item() for g in direct], rel=1e-3
     )
+    wg = P.window_grad_norms(m, (x, y))
+    assert wg.grad_norm.iloc[:-1].tolist() == pytest.approx(
+        [g.norm().item() for g in direct], rel=1e-3
+    )
     ao = P.activation_outliers(m, (x, y))
     h = out.hidden_states[5].detach().abs()
     assert ao.ratio.iloc[5] == pytest.approx((h.max() / h.flatten().median()).item(), rel=1e-4)
@@ -209,3 +300,38 @@ def test_loading_and_tokenizing_reach_no_network(monkeypatch, text):
     assert m(x).shape == (2, 16, 384)
     x, _ = P.text_batch("smollm2", text, 1, 8)
     assert x.shape == (1, 8)
+
+
+def test_the_dequantized_copy_is_the_gguf_model():
+    # load_pretrained reads SmolLM2 from an fp32 copy written from the GGUF file; the copy
+    # must hold exactly the weights that dequantizing the GGUF file gives.
+    cached = P.load_pretrained("smollm2").hf.state_dict()
+    ck = P.CHECKPOINTS["smollm2"]
+    fresh = P.pretrained._load_gguf(P.checkpoint_dir() / "smollm2", ck.gguf_file).state_dict()
+    assert cached.keys() == fresh.keys()
+    for k, v in fresh.items():
+        assert torch.equal(cached[k], v), k
+
+
+def test_the_guard_records_a_connection(tmp_path):
+    # tests/netguard, which the book build runs under, can fail: a connection is recorded.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = tmp_path / "net.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "netguard")}
+    env["PRENORM_NETGUARD_LOG"] = str(log)
+    code = (
+        "import socket\ntry: socket.create_connection(('pypi.org', 443), 1)\nexcept OSError: pass"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert "pypi.org" in log.read_text()
+
+
+def test_the_book_build_reaches_no_network(build_network_log):
+    # The ci build executes chapter 11, which loads both checkpoints, under tests/netguard.
+    armed, refused = build_network_log
+    assert any("ipykernel" in line for line in armed), "the guard was not armed in the kernels"
+    assert not refused, refused[:10]
