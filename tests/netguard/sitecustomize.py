@@ -18,7 +18,7 @@ _LOCAL = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None}
 
 if _LOG:
     with open(_LOG + ".armed", "a") as f:
-        f.write(f"armed {os.getpid()} {' '.join(sys.argv)[:200]}\n")
+        f.write(f"armed {os.getpid()} {' '.join(getattr(sys, 'orig_argv', sys.argv))[:200]}\n")
 
     def _refuse(what: str) -> None:
         with open(_LOG, "a") as f:
