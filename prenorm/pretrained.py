@@ -555,6 +555,8 @@ def load_pretrained(name: str, online: bool = False) -> PretrainedLM:
     pinned SHA-256), which later loads read instead. ``online=True``: ``name`` is a model-hub id (e.g.
     ``"openai-community/gpt2"``, ``"google-bert/bert-base-uncased"``,
     ``"HuggingFaceTB/SmolLM2-135M-Instruct"``), downloaded by ``transformers``."""
+    if not online:  # set before transformers is first imported: the hub client reads it then
+        os.environ["HF_HUB_OFFLINE"] = "1"
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -632,6 +634,7 @@ def _load_gguf(folder: Path, gguf_file: str) -> nn.Module:
 
 
 def _tokenizer(name: str):  # noqa: ANN202 - a transformers tokenizer
+    os.environ["HF_HUB_OFFLINE"] = "1"  # local files only, as in load_pretrained
     import transformers
 
     ck = CHECKPOINTS[name]
