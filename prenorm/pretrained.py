@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -585,6 +584,8 @@ def load_pretrained(name: str, online: bool = False) -> PretrainedLM:
     # Dequantizing the GGUF file takes half a minute; its fp32 result is kept next to it
     # (folder "dequantized", stamped with the GGUF file's pinned SHA-256) and read back in
     # a second or two. A missing or differently stamped copy is rebuilt from the GGUF file.
+    import safetensors.torch  # installed with transformers
+
     cache = folder / "dequantized"
     digest = ck.files[ck.gguf_file]
     stamp = cache / "SOURCE_SHA256"
