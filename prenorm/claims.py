@@ -159,8 +159,8 @@ class ClaimTest:
 
     @property
     def prefix(self) -> str:
-        """The prefix of this claim's glue keys: ``"c14"`` for C14."""
-        return self.claim.lower()
+        """The prefix of this claim's glue keys: ``"c14"`` for C14, ``"c4_t"`` for C4-T."""
+        return self.claim.lower().replace("-", "_")
 
     def measure(self, **values: float | Estimate | bool) -> ClaimTest:
         """Record the measurements: one value (a number or an :class:`~prenorm.Estimate`)

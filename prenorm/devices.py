@@ -132,6 +132,12 @@ class Scale:
     after the earlier builds' seeds (``design_seeds``, ``design_confirm_seeds``,
     ``nonorm_seeds``) had been seen are judged. At ``ci`` they overlap the seen seeds, so
     the verdicts say they saw development data.
+    ``trained_seq_len``/``trained_encoder_seqs``/``trained_decoder_seqs``: chapter 11's
+    text for the trained checkpoints: tokens per window, and how many windows of the
+    corpus go through the encoder (an even number: the contrastive readout pairs them)
+    and through the 30-layer decoder (whose layer ablation costs about 15 forward passes);
+    each window is one observation of the chapter's 95% intervals, so every preset has at
+    least two of each.
     """
 
     name: str
@@ -177,6 +183,9 @@ class Scale:
     coda_confirm_seeds: tuple[int, ...]
     part3_dev_seeds: tuple[int, ...]
     part3_confirm_seeds: tuple[int, ...]
+    trained_seq_len: int
+    trained_encoder_seqs: int
+    trained_decoder_seqs: int
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -236,6 +245,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_confirm_seeds=(10, 11),
             part3_dev_seeds=(0,),
             part3_confirm_seeds=(1, 2),
+            trained_seq_len=32,
+            trained_encoder_seqs=4,
+            trained_decoder_seqs=2,
         ),
         "cpu": Scale(
             name="cpu",
@@ -281,6 +293,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_confirm_seeds=(10, 11, 12, 13),
             part3_dev_seeds=(2,),
             part3_confirm_seeds=(4, 5),
+            trained_seq_len=128,
+            trained_encoder_seqs=16,
+            trained_decoder_seqs=4,
         ),
         "gpu": Scale(
             name="gpu",
@@ -326,6 +341,9 @@ PRESETS: Registry[Scale] = Registry(
             coda_confirm_seeds=(10, 11, 12, 13, 14, 15),
             part3_dev_seeds=(2,),
             part3_confirm_seeds=(4, 5),
+            trained_seq_len=256,
+            trained_encoder_seqs=16,
+            trained_decoder_seqs=8,
         ),
     },
 )

@@ -116,6 +116,34 @@ CLAIMS: Registry[Claim] = Registry(
             "QK-norm stops attention logits from growing at high learning rates",
             "10_without_a_norm",
         ),
+        # Part 4 revisits earlier claims inside two trained checkpoints: "-T" marks the
+        # claim tested again in a trained model (C4-T revisits C4, and so on).
+        (
+            "C4-T",
+            "In a trained Post-LN model, each LayerNorm's Jacobian (γ/σ) is below 1",
+            "11_trained_models",
+        ),
+        (
+            "C5-T",
+            "In a trained Post-LN model, gradients to early layers are smaller than at the top",
+            "11_trained_models",
+        ),
+        (
+            "C8-T",
+            "In a trained Pre-LN model, every layer receives the gradient undiminished",
+            "11_trained_models",
+        ),
+        ("C11-T", "In a trained model, LayerNorm's bias β is barely used", "11_trained_models"),
+        (
+            "C13-T",
+            "In a trained model, LayerNorm's mean subtraction does little (RMSNorm is enough)",
+            "11_trained_models",
+        ),
+        (
+            "C17-T",
+            "In a trained Pre-LN model, the deeper layers contribute little",
+            "11_trained_models",
+        ),
     ),
 )
 

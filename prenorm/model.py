@@ -339,6 +339,12 @@ class TransformerLM(nn.Module):
         """Output head applied to the final residual state."""
         return self.head(self.final_norm(x_last))
 
+    def loss_from_stream(self, x_last: Tensor, targets: Tensor) -> Tensor:
+        """The mean next-token cross-entropy of ``targets`` from the final residual state:
+        the scalar every gradient probe differentiates."""
+        logits = self.logits_from_stream(x_last)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
     def forward(
         self,
         idx: Tensor,

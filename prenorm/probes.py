@@ -24,14 +24,17 @@ from .blocks import SUBLAYERS
 from .jacobians import spectral_norm
 from .model import TransformerLM
 from .norms import _check_tensor
+from .pretrained import PretrainedLM
 
 Batch = tuple[Tensor, Tensor]
 
 
 # ---- inputs ---------------------------------------------------------------------
 def _stream_input(model: TransformerLM, batch: Batch) -> tuple[Tensor, Tensor]:
-    if not isinstance(model, TransformerLM):
-        raise TypeError(f"model must be a prenorm.TransformerLM, got {type(model).__name__}")
+    if not isinstance(model, TransformerLM | PretrainedLM):
+        raise TypeError(
+            f"model must be a prenorm.TransformerLM or PretrainedLM, got {type(model).__name__}"
+        )
     if not (isinstance(batch, tuple | list) and len(batch) == 2):
         raise ValueError("batch must be a pair (x, targets)")
     x, y = batch
@@ -65,8 +68,9 @@ def _check_ids_or_floats(x: object) -> None:
 
 
 def _loss(model: TransformerLM, x_last: Tensor, y: Tensor) -> Tensor:
-    logits = model.logits_from_stream(x_last)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    """The model's own scalar loss of its final state (a trained encoder's readout, a
+    language model's cross-entropy)."""
+    return model.loss_from_stream(x_last, y)
 
 
 def _position(layer: int, which: str) -> int:

@@ -52,7 +52,17 @@ def built_book(tmp_path_factory):
             [sys.executable, str(ROOT / "book" / "_ext" / "vendor_assets.py")], check=True
         )
     out = tmp_path_factory.mktemp("book")
-    env = {**os.environ, "PRENORM_SCALE": "ci"}
+    # Every Python process of the build, the notebook kernels included, runs with
+    # tests/netguard/sitecustomize.py: it refuses and records any network connection
+    # (tests/test_pretrained.py checks the record; the checkpoints come from disk).
+    guard = str(ROOT / "tests" / "netguard")
+    path = os.pathsep.join(p for p in (guard, os.environ.get("PYTHONPATH", "")) if p)
+    env = {
+        **os.environ,
+        "PRENORM_SCALE": "ci",
+        "PYTHONPATH": path,
+        "PRENORM_NETGUARD_LOG": str(out / "network.log"),
+    }
     proc = subprocess.run(
         [exe, "build", str(ROOT), "--path-output", str(out), "--warningiserror", "--keep-going"],
         env=env,
@@ -106,3 +116,13 @@ def built_pdf(built_book):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return pdf, time.monotonic() - t
+
+
+@pytest.fixture(scope="session")
+def build_network_log(built_book):
+    """What tests/netguard recorded during the ``built_book`` build: (the processes it
+    was armed in, the connections it refused), each a list of lines."""
+    html, _ = built_book
+    log = html.parents[1] / "network.log"
+    armed = Path(str(log) + ".armed")
+    return [p.read_text().splitlines() if p.exists() else [] for p in (armed, log)]

@@ -149,11 +149,11 @@ def test_every_claim_is_recorded_once_by_its_chapter_at_a_labelled_section():
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         md = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         found = re.findall(
-            r'P\.ledger\.record\(\s*"(C\d+)",.*?section="([\w-]+)"', code, flags=re.S
+            r'P\.ledger\.record\(\s*"(C\d+(?:-T)?)",.*?section="([\w-]+)"', code, flags=re.S
         )
         # A ClaimTest names its section where it is made and writes the row with .record
         tests = re.findall(
-            r'(\w+)\s*=\s*P\.ClaimTest\(\s*"(C\d+)",\s*section="([\w-]+)"', code, flags=re.S
+            r'(\w+)\s*=\s*P\.ClaimTest\(\s*"(C\d+(?:-T)?)",\s*section="([\w-]+)"', code, flags=re.S
         )
         found += [(cid, sec) for var, cid, sec in tests if re.search(rf"\b{var}\.record\(", code)]
         for cid, section in found:
