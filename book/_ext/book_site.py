@@ -126,10 +126,25 @@ def outdated_pages(app: Any, env: Any, added: set, changed: set, removed: set) -
     return [d for d in extra if d not in added and d not in changed]
 
 
+def singlehtml_handlers(app: Any) -> None:
+    """Give the ``singlehtml`` builder (``make pdf``) every node handler registered for
+    ``html``. Sphinx looks a builder's handlers up by its name and falls back to its format
+    only when no extension registered any under that name; sphinx-exercise registers its
+    nodes for ``singlehtml`` too, which hides the ``html`` handlers of every other extension
+    (myst-nb's hidden-cell node first) from that builder."""
+    if app.builder.name != "singlehtml":
+        return
+    handlers = app.registry.translation_handlers
+    single = handlers.setdefault("singlehtml", {})
+    for node, pair in handlers.get("html", {}).items():
+        single.setdefault(node, pair)
+
+
 def setup(app: Any) -> dict[str, object]:
     app.add_config_value("prenorm_build", "", "env")
     app.connect("config-inited", preset_timeout)
     app.connect("config-inited", cache_per_build)
+    app.connect("builder-inited", singlehtml_handlers)
     app.connect("env-get-outdated", outdated_pages)
     app.connect("html-page-context", dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
