@@ -341,12 +341,15 @@ class ClaimTest:
             _glue(f"{p}_seeds_note", self.seeds_note())
         return v
 
-    def record(self, key: str, scale: str) -> dict[str, str]:
+    def record(self, key: str, scale: str, note: str | None = None) -> dict[str, str]:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
         verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
-        split), this test's section, and the device and implementation of :meth:`scoped`.
-        Returns the row."""
-        note = self.seeds_note()
+        split, or by ``note`` when given: the seeds a verdict rests on when they are not the
+        split's, C14's search seeds say), this test's section, and the device and
+        implementation of :meth:`scoped`. Returns the row."""
+        if note is not None and not (isinstance(note, str) and note.strip()):
+            raise ValueError(f"claim {self.claim}: note must be a non-empty string, got {note!r}")
+        note = self.seeds_note() if note is None else note
         text = f"{key}; {note}" if note else key
         return ledger.record(
             self.claim,
