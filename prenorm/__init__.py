@@ -239,6 +239,7 @@ from .training import (
 )
 from .tuning import (
     ADAM_DEFAULTS,
+    TUNING_MAGNITUDE,
     AdamPick,
     OptimizerContrast,
     TuningSummary,
@@ -252,10 +253,13 @@ from .tuning import (
     pick_adam_setting,
     plot_adam_contrast,
     plot_setting_sweep,
+    search_gains,
     search_table,
     setting_curve,
     setting_effect,
     setting_label,
+    tuning_measurements,
+    tuning_predictions,
     tuning_summary,
 )
 from .verdicts import (
@@ -572,7 +576,11 @@ __all__ = [
     "plot_setting_sweep",
     "setting_curve",
     "setting_effect",
+    "search_gains",
+    "tuning_measurements",
+    "tuning_predictions",
     "tuning_summary",
+    "TUNING_MAGNITUDE",
     "update_sensitivity",
     "verdict",
     "CELL",

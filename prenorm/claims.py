@@ -31,7 +31,11 @@ the glue and the ledger row.
 
 A measurement may be an :class:`~prenorm.Estimate` (a value with a confidence
 interval); a prediction whose threshold lies inside that interval is *undecided*,
-which makes the verdict *inconclusive* when the prediction is a core one.
+which makes the verdict *inconclusive* when the prediction is a core one. A measurement
+of ``None`` says that the prediction *does not apply* to what happened (a claim whose
+core, stated before the runs, depends on a branch of the experiment, such as C14's
+:func:`~prenorm.tuning_measurements`): it is shown, but left out of the verdict, which
+needs at least one core prediction that applies.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ from . import ledger
 from .verdicts import Estimate, Prediction, verdict_of
 
 __all__ = ["ClaimTest"]
+
+#: The outcome of a prediction measured as ``None``: it does not apply, and is left out of
+#: the verdict.
+_DOES_NOT_APPLY = "does not apply"
 
 
 def _check_id(kind: str, key: str) -> None:
@@ -75,7 +83,7 @@ class ClaimTest:
     predictions: Mapping[str, Prediction]
     undecidable: Mapping[str, str] = field(default_factory=dict)
     development_seeds: tuple[int, ...] = ()
-    measured: dict[str, float | Estimate | bool] = field(default_factory=dict, init=False)
+    measured: dict[str, float | Estimate | bool | None] = field(default_factory=dict, init=False)
     judged_seeds: tuple[int, ...] | None = field(default=None, init=False)
     judged_on_development: bool = field(default=False, init=False)
     device: str | None = field(default=None, init=False)
@@ -162,10 +170,10 @@ class ClaimTest:
         """The prefix of this claim's glue keys: ``"c14"`` for C14, ``"c4_t"`` for C4-T."""
         return self.claim.lower().replace("-", "_")
 
-    def measure(self, **values: float | Estimate | bool) -> ClaimTest:
-        """Record the measurements: one value (a number or an :class:`~prenorm.Estimate`)
-        per prediction id and one ``bool`` per condition id, all of them, by keyword.
-        Returns the test itself."""
+    def measure(self, **values: float | Estimate | bool | None) -> ClaimTest:
+        """Record the measurements: one value (a number or an :class:`~prenorm.Estimate`,
+        or ``None`` for a prediction that does not apply) per prediction id and one
+        ``bool`` per condition id, all of them, by keyword. Returns the test itself."""
         expected = set(self.predictions) | set(self.undecidable)
         unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
         if unknown or missing:
@@ -180,7 +188,7 @@ class ClaimTest:
                     if s
                 )
             )
-        checked: dict[str, float | Estimate | bool] = {}
+        checked: dict[str, float | Estimate | bool | None] = {}
         for key, value in values.items():
             if key in self.undecidable:
                 if not isinstance(value, bool):
@@ -188,7 +196,7 @@ class ClaimTest:
                         f"condition {key!r} of {self.claim} is True or False, got {value!r}"
                     )
                 checked[key] = value
-            elif isinstance(value, Estimate):
+            elif value is None or isinstance(value, Estimate):
                 checked[key] = value
             else:
                 try:
@@ -209,18 +217,22 @@ class ClaimTest:
     def verdict(self) -> str:
         """The ledger's verdict, computed from the measurements."""
         self._need_measured()
-        return verdict_of(
-            [(p.core, self.outcome(k)) for k, p in self.predictions.items()],
-            [self.measured[k] for k in self.undecidable],
-        )
+        outcomes = [(p.core, self.outcome(k)) for k, p in self.predictions.items()]
+        applied = [(core, o) for core, o in outcomes if o != _DOES_NOT_APPLY]
+        if not any(core for core, _ in applied):
+            raise ValueError(f"claim {self.claim}: no core prediction applies (all measured None)")
+        return verdict_of(applied, [self.measured[k] for k in self.undecidable])
 
     def outcome(self, key: str) -> str:
-        """How prediction ``key`` fared: ``"holds"``, ``"fails"`` or ``"undecided"``."""
+        """How prediction ``key`` fared: ``"holds"``, ``"fails"`` or ``"undecided"``, or
+        ``"does not apply"`` when it was measured as ``None``."""
         self._need_measured()
         if key not in self.predictions:
             raise KeyError(
                 f"{key!r} is not a prediction of {self.claim}; valid: {list(self.predictions)}"
             )
+        if self.measured[key] is None:
+            return _DOES_NOT_APPLY
         return self.predictions[key].outcome(self.measured[key])
 
     def ids(self, outcome: str) -> list[str]:
@@ -234,9 +246,11 @@ class ClaimTest:
         return [k for k in self.undecidable if self.measured[k]]
 
     def value(self, key: str) -> float:
-        """The measured value of prediction ``key`` as a float (an Estimate's centre)."""
+        """The measured value of prediction ``key`` as a float (an Estimate's centre; NaN
+        for a prediction that does not apply)."""
         self._need_measured()
-        return float(self.measured[key])
+        v = self.measured[key]
+        return math.nan if v is None else float(v)
 
     def sentence(self, outcome: str = "fails") -> str:
         """The predictions with this ``outcome``, in words, joined by semicolons
@@ -283,6 +297,11 @@ class ClaimTest:
                 interval.append("")
                 outcome.append("inconclusive" if v else "does not apply")
                 continue
+            if v is None:
+                measured.append("")
+                interval.append("")
+                outcome.append(_DOES_NOT_APPLY)
+                continue
             measured.append(f"{float(v):.{digits}g}" if not math.isnan(float(v)) else "nan")
             interval.append(
                 f"[{v.lo:.{digits}g}, {v.hi:.{digits}g}]" if isinstance(v, Estimate) else ""
@@ -299,7 +318,8 @@ class ClaimTest:
         :attr:`verdict_text`); the failed, held
         and undecided predictions in words (``{prefix}_failed``, ``{prefix}_held``,
         ``{prefix}_undecided``); and each prediction's measured value as
-        ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``); after
+        ``{prefix}_{id}`` (an Estimate's ends as ``{prefix}_{id}_lo`` and ``_hi``; none for
+        a prediction that does not apply); after
         :meth:`confirmation`, ``{prefix}_seeds_note``.
         Returns the verdict."""
         from .plotting import glue as _glue  # plotting is imported on first use
@@ -311,6 +331,8 @@ class ClaimTest:
             _glue(f"{p}_{word}", self.sentence(outcome))
         for k in self.predictions:
             m = self.measured[k]
+            if m is None:  # does not apply: no value to glue
+                continue
             _glue(f"{p}_{k}", float(m))
             if isinstance(m, Estimate):
                 _glue(f"{p}_{k}_lo", m.lo)
@@ -319,12 +341,15 @@ class ClaimTest:
             _glue(f"{p}_seeds_note", self.seeds_note())
         return v
 
-    def record(self, key: str, scale: str) -> dict[str, str]:
+    def record(self, key: str, scale: str, note: str | None = None) -> dict[str, str]:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
         verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
-        split), this test's section, and the device and implementation of :meth:`scoped`.
-        Returns the row."""
-        note = self.seeds_note()
+        split, or by ``note`` when given: the seeds a verdict rests on when they are not the
+        split's, C14's search seeds say), this test's section, and the device and
+        implementation of :meth:`scoped`. Returns the row."""
+        if note is not None and not (isinstance(note, str) and note.strip()):
+            raise ValueError(f"claim {self.claim}: note must be a non-empty string, got {note!r}")
+        note = self.seeds_note() if note is None else note
         text = f"{key}; {note}" if note else key
         return ledger.record(
             self.claim,

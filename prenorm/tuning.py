@@ -40,6 +40,15 @@ gives, each as a mean with its Student-*t* interval over seeds:
   that is when both :math:`\bar G - \bar N > 0` and :math:`\bar G + \bar N > 0`: the two
   intervals, each at 95%, decide it together (an intersection-union test, which needs no
   correction for the two).
+
+**When the search keeps the defaults** the tuned and default runs are the same runs and
+:math:`G_s \equiv 0`, so the core above cannot hold: the claim's premise, a tuned setting
+that beats the defaults, did not occur. Then the search itself decides
+(:func:`tuning_measurements`): with :math:`u_j` the upper end of the Student-*t* interval of
+setting :math:`j`'s paired gain over the defaults on the search seeds (:func:`search_gains`),
+the claim is *not reproduced* if :math:`\max_j u_j` lies below the claim's magnitude, 0.02
+nats (no setting searched can give the gain the claim asserts), and *inconclusive*
+otherwise (the search could not rule that magnitude out).
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .verdicts import Estimate
+from .verdicts import Estimate, Prediction
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -76,7 +85,11 @@ __all__ = [
     "search_table",
     "setting_effect",
     "setting_label",
+    "search_gains",
+    "tuning_measurements",
+    "tuning_predictions",
     "tuning_summary",
+    "TUNING_MAGNITUDE",
 ]
 
 _VALUE = "final_val_loss"
@@ -707,3 +720,141 @@ def plot_adam_contrast(search: pd.DataFrame, contrast: OptimizerContrast, value:
     ax.set_ylabel("final validation loss (nats/char)")
     fig.tight_layout()
     return fig
+
+
+#: The size of tuning gain the post's "larger than most people expect" is read as, in nats:
+#: chapter 7's tolerance for "no measurable loss".
+TUNING_MAGNITUDE = 0.02
+
+
+def search_gains(
+    runs: pd.DataFrame,
+    defaults: Mapping[str, object] = ADAM_DEFAULTS,
+    value: str = _VALUE,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    r"""Each searched setting's paired gain over the defaults on the search seeds: one row
+    per setting of ``runs`` (the runs of :func:`adam_search_grids`) other than
+    ``defaults`` and none of whose runs diverged (a setting with a diverged run cannot be
+    the tuned one, :func:`pick_adam_setting`), best first, with the ``mean``, ``lo`` and
+    ``hi`` of the Student-*t* interval at ``level`` of :math:`\ell_s(\text{defaults}) -
+    \ell_s(j)` over the seeds and ``n``, their number (NaN ends with fewer than two)."""
+    from .stats import t_interval
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    table = search_table(runs, value)
+    key = _setting_key(defaults)
+    default_label = next(
+        (
+            label
+            for label, r in table.iterrows()
+            if (
+                str(r["optimizer"]),
+                float(r["lr"]),
+                float(r["beta2"]),
+                int(r["warmup_steps"]),
+                float(r["weight_decay"]),
+            )
+            == key
+        ),
+        None,
+    )
+    if default_label is None:
+        raise ValueError(f"the search has no run with the defaults {dict(defaults)}")
+    ok = _trained(runs)
+    wide = ok.assign(setting=[setting_label(r) for _, r in ok.iterrows()]).pivot_table(
+        index="seed", columns="setting", values=value
+    )
+    rows = {}
+    for label in table.index[(table["diverged"] == 0) & (table.index != default_label)]:
+        d = (wide[default_label] - wide[label]).dropna().to_numpy()
+        e = t_interval(d, level) if len(d) >= 2 else Estimate(math.nan, math.nan, math.nan, len(d))
+        rows[label] = {"mean": e.value, "lo": e.lo, "hi": e.hi, "n": e.n}
+    return pd.DataFrame(rows, index=["mean", "lo", "hi", "n"]).T.astype({"n": int})
+
+
+def tuning_predictions(magnitude: float = TUNING_MAGNITUDE) -> dict[str, Prediction]:
+    r"""The predictions of C14 (chapter 8), stated before its runs, for
+    :class:`~prenorm.ClaimTest`. Core, when the search picks a setting other than the
+    defaults: ``over_cost``, :math:`\bar G - \bar N > 0`, and ``over_gain``,
+    :math:`\bar G + \bar N > 0`, each by its 95% interval on the confirmation seeds. Core,
+    when the search keeps the defaults: ``reach``, the largest upper end
+    :math:`\max_j u_j` of the searched settings' gain intervals (:func:`search_gains`) is at
+    least ``magnitude``. Secondary: ``measurable``, the gain :math:`G`'s interval lies above
+    ``magnitude``. Which core applies is decided by :func:`tuning_measurements`."""
+    if not (isinstance(magnitude, int | float) and magnitude > 0):
+        raise ValueError(f"magnitude must be a positive number of nats, got {magnitude!r}")
+    return {
+        "over_cost": Prediction(
+            "tuning gain minus norm effect, G - N, mean over seeds, 95% t-interval (nats; "
+            "when the search picks a non-default setting)",
+            ">",
+            0.0,
+        ),
+        "over_gain": Prediction(
+            "tuning gain plus norm effect, G + N, mean over seeds, 95% t-interval (nats; "
+            "when the search picks a non-default setting)",
+            ">",
+            0.0,
+        ),
+        "reach": Prediction(
+            "largest upper end of a searched setting's paired gain over the defaults, 95% "
+            "t-interval on the search seeds (nats; when the search keeps the defaults)",
+            ">=",
+            float(magnitude),
+        ),
+        "measurable": Prediction(
+            "tuning gain G, default minus tuned Adam, 95% t-interval (nats)",
+            ">",
+            float(magnitude),
+            core=False,
+        ),
+    }
+
+
+def tuning_measurements(
+    keeps_default: bool, contrast: OptimizerContrast, upper_ends: Sequence[float]
+) -> dict[str, Estimate | None]:
+    r"""The measurements of :func:`tuning_predictions`, by id, for
+    :meth:`~prenorm.ClaimTest.measure`; ``None`` marks the core that does not apply.
+
+    The rule. When the search picked a setting other than the defaults
+    (``keeps_default`` false), the premise of the claim occurred and the core is
+    :math:`\bar G \pm \bar N` of ``contrast``: ``over_cost`` and ``over_gain`` decide, and
+    ``reach`` does not apply. When the search kept the defaults, :math:`G_s \equiv 0` and the
+    premise, a tuned setting that beats the defaults, did not occur: ``over_cost`` and
+    ``over_gain`` do not apply, and ``reach`` is measured as the interval
+    :math:`(-\infty, \max_j u_j]` of the gains the search leaves possible, ``upper_ends``
+    being the :math:`u_j` (the ``hi`` column of :func:`search_gains`; a NaN end, a setting
+    with no interval, counts as :math:`+\infty`). Against the threshold :math:`m` of
+    ``reach`` this *fails* (the verdict *not reproduced*) when every :math:`u_j < m`, since
+    no setting searched can then give the gain the claim asserts, and is *undecided* (the
+    verdict *inconclusive*) otherwise: the search could not rule :math:`m` out. ``measurable``
+    is the gain :math:`G` in both cases."""
+    if not isinstance(keeps_default, bool):
+        raise TypeError(f"keeps_default must be True or False, got {keeps_default!r}")
+    if not isinstance(contrast, OptimizerContrast):
+        raise TypeError(f"contrast must be an OptimizerContrast, got {type(contrast).__name__}")
+    if keeps_default != contrast.tuned_is_default:
+        raise ValueError(
+            f"keeps_default={keeps_default} but the contrast was computed with "
+            f"tuned_is_default={contrast.tuned_is_default}"
+        )
+    if not keeps_default:
+        return {
+            "over_cost": contrast.gain_minus_effect,
+            "over_gain": contrast.gain_plus_effect,
+            "reach": None,
+            "measurable": contrast.gain,
+        }
+    ends = [math.inf if math.isnan(float(u)) else float(u) for u in upper_ends]
+    if not ends:
+        raise ValueError("no searched setting besides the defaults: upper_ends is empty")
+    top = max(ends)
+    return {
+        "over_cost": None,
+        "over_gain": None,
+        "reach": Estimate(top, -math.inf, top, n=len(ends)),
+        "measurable": contrast.gain,
+    }

@@ -153,6 +153,10 @@ def test_confirmation_keeps_only_fresh_seeds_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
     row = c.measure(d=judged.loss.mean() - 1).record("gap", scale="ci")
     assert row["verdict"] == "confirmed" and "fresh seeds 2, 3, 4" in row["key"]
+    row = c.record("gap", scale="ci", note="decided on search seeds 0, 1")
+    assert row["key"] == "gap; decided on search seeds 0, 1"  # the note replaces the split's
+    with pytest.raises(ValueError, match="note must be"):
+        c.record("gap", scale="ci", note=" ")
     glued = {}
     monkeypatch.setattr(P.plotting, "glue", lambda name, value: glued.setdefault(name, value))
     c.glue()

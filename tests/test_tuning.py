@@ -345,3 +345,90 @@ def test_coda_presets_confirm_on_seeds_the_search_never_saw(name):
     assert not set(s.coda_search_seeds) & set(s.coda_confirm_seeds)
     assert len(set(s.coda_confirm_seeds)) >= 2
     assert min(s.coda_lrs) < P.ADAM_DEFAULTS["lr"] < max(s.coda_lrs)  # inside, not at an end
+
+
+# ---- C14's rule when the search keeps the defaults ---------------------------------------
+
+
+def test_search_gains_pairs_each_clean_setting_with_the_defaults():
+    g = P.search_gains(_search_runs())
+    # defaults (1.5, 1.7), adamw 3e-3 (1.2, 1.4): gain 0.3 on both seeds; 1e-2 diverged: out
+    assert list(g.index) == ["adamw lr=0.003 b2=0.95 warmup=20 wd=0.1"]
+    row = g.iloc[0]
+    assert (row["mean"], row["lo"], row["hi"], row["n"]) == pytest.approx((0.3, 0.3, 0.3, 2))
+    with pytest.raises(ValueError, match="no run with the defaults"):
+        P.search_gains(_search_runs().query("optimizer != 'adam'"))
+
+
+def _c14():
+    return P.ClaimTest(
+        "C14",
+        section="coda-tuning",
+        predictions=P.tuning_predictions(),
+        undecidable={"edge": "the search's best learning rate is at an end of its range"},
+    )
+
+
+def _kept_contrast():
+    # the defaults kept: RMSNorm minus LayerNorm (+0.1, -0.1, +0.05), an unresolved N, so the
+    # old G +- N core would be undecided (inconclusive) whatever the search found
+    rows = []
+    for seed, d in enumerate((2.0, 2.1, 1.9)):
+        for norm, v in (("layernorm", d), ("rmsnorm", d + (0.1, -0.1, 0.05)[seed])):
+            rows.append(
+                {
+                    "arm": "default",
+                    "norm": norm,
+                    "seed": seed,
+                    "final_val_loss": v,
+                    "diverged": False,
+                }
+            )
+    return P.optimizer_contrast(pd.DataFrame(rows), tuned_is_default=True)
+
+
+def _verdict(keeps, contrast, ends):
+    c = _c14().measure(**P.tuning_measurements(keeps, contrast, ends), edge=False)
+    return c
+
+
+def test_c14_defaults_kept_and_every_upper_end_below_the_magnitude_is_not_reproduced():
+    c = _verdict(True, _kept_contrast(), [0.0147, -0.01, 0.019])
+    assert c.verdict == "not reproduced at this scale"
+    assert c.outcome("reach") == "fails"
+    assert c.outcome("over_cost") == c.outcome("over_gain") == "does not apply"
+    assert c.value("reach") == pytest.approx(0.019) and math.isnan(c.value("over_cost"))
+    table = c.results_table()
+    assert list(table.loc[table.id == "over_cost", "outcome"]) == ["does not apply"]
+
+
+def test_c14_defaults_kept_and_one_upper_end_at_the_magnitude_is_inconclusive():
+    assert _verdict(True, _kept_contrast(), [0.0147, 0.02]).verdict == "inconclusive"
+    assert _verdict(True, _kept_contrast(), [0.0, float("nan")]).verdict == "inconclusive"
+    # a resolved norm effect no longer decides: the old core would say "not reproduced"
+    runs = _contrast_runs().query("arm != 'tuned' or norm != 'layernorm'").copy()
+    runs["arm"] = "default"
+    resolved = P.optimizer_contrast(runs, tuned_is_default=True)
+    assert resolved.norm_effect.hi < 0
+    assert _verdict(True, resolved, [0.05]).verdict == "inconclusive"
+
+
+def test_c14_a_non_default_pick_is_decided_by_g_plus_minus_n():
+    contrast = P.optimizer_contrast(_contrast_runs())
+    # G +- N and G hold; the search's upper ends, all below 0.02, do not apply
+    c = _verdict(False, contrast, [0.0])
+    assert c.verdict == "confirmed" and c.outcome("reach") == "does not apply"
+    runs = _contrast_runs()
+    runs.loc[(runs.arm == "tuned") & (runs.norm == "rmsnorm"), "final_val_loss"] += 1.0
+    c = _verdict(False, P.optimizer_contrast(runs), [0.5])  # G - N < 0 on every seed
+    assert c.outcome("over_cost") == "fails" and c.verdict == "not reproduced at this scale"
+    with pytest.raises(ValueError, match="tuned_is_default"):
+        P.tuning_measurements(True, contrast, [0.0])
+    with pytest.raises(ValueError, match="empty"):
+        P.tuning_measurements(True, _kept_contrast(), [])
+
+
+def test_claim_test_needs_a_core_prediction_that_applies():
+    c = _c14().measure(over_cost=None, over_gain=None, reach=None, measurable=0.1, edge=False)
+    with pytest.raises(ValueError, match="no core prediction applies"):
+        _ = c.verdict
