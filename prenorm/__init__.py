@@ -151,6 +151,7 @@ from .pretrained import (
     PretrainedLM,
     checkpoint_dir,
     contrastive_accuracy,
+    cos_one_null,
     fetch_checkpoints,
     load_pretrained,
     norm_geometry,
@@ -186,6 +187,7 @@ from .rmsnorm_study import (
     time_ratios,
 )
 from .stats import (
+    agreeing_estimate,
     censored_interval,
     depth_exponent,
     paired_difference,
@@ -339,6 +341,7 @@ __all__ = [
     "PretrainedLM",
     "checkpoint_dir",
     "contrastive_accuracy",
+    "cos_one_null",
     "fetch_checkpoints",
     "load_pretrained",
     "norm_geometry",
@@ -465,6 +468,7 @@ __all__ = [
     "TransformerLM",
     "UnknownNameError",
     "activation_outliers",
+    "agreeing_estimate",
     "batch_loss",
     "amp_dtype",
     "book",

@@ -88,6 +88,7 @@ class ClaimTest:
     judged_on_development: bool = field(default=False, init=False)
     device: str | None = field(default=None, init=False)
     implementation: str | None = field(default=None, init=False)
+    model: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         ledger.CLAIMS.check(self.claim)
@@ -159,11 +160,20 @@ class ClaimTest:
         self.device, self.implementation = device, implementation
         return self
 
+    def in_model(self, model: str) -> ClaimTest:
+        """Say that the result is a property of one trained checkpoint, ``model``, not of
+        scale: the glued verdict and the ledger row then read "... in {model}"
+        (:func:`prenorm.ledger.verdict_text`). Returns the test itself."""
+        if not (isinstance(model, str) and model.strip()):
+            raise ValueError(f"claim {self.claim}: model must be a non-empty string, got {model!r}")
+        self.model = model
+        return self
+
     @property
     def verdict_text(self) -> str:
         """The verdict as the reader sees it: :attr:`verdict`, scoped to the device and the
-        implementation when :meth:`scoped` named them."""
-        return ledger.verdict_text(self.verdict, self.device, self.implementation)
+        implementation when :meth:`scoped` named them, and to the model of :meth:`in_model`."""
+        return ledger.verdict_text(self.verdict, self.device, self.implementation, self.model)
 
     @property
     def prefix(self) -> str:
@@ -345,8 +355,8 @@ class ClaimTest:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
         verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
         split, or by ``note`` when given: the seeds a verdict rests on when they are not the
-        split's, C14's search seeds say), this test's section, and the device and
-        implementation of :meth:`scoped`. Returns the row."""
+        split's, C14's search seeds say), this test's section, the device and implementation
+        of :meth:`scoped` and the model of :meth:`in_model`. Returns the row."""
         if note is not None and not (isinstance(note, str) and note.strip()):
             raise ValueError(f"claim {self.claim}: note must be a non-empty string, got {note!r}")
         note = self.seeds_note() if note is None else note
@@ -359,4 +369,5 @@ class ClaimTest:
             scale=scale,
             device=self.device,
             implementation=self.implementation,
+            model=self.model,
         )

@@ -120,7 +120,7 @@ CLAIMS: Registry[Claim] = Registry(
         # claim tested again in a trained model (C4-T revisits C4, and so on).
         (
             "C4-T",
-            "In a trained Post-LN model, each LayerNorm's Jacobian (γ/σ) is below 1",
+            "In a trained Post-LN model, the LayerNorm Jacobian is dominated by its 1/σ scaling",
             "11_trained_models",
         ),
         (
@@ -216,12 +216,14 @@ def record(
     directory: Path | str | None = None,
     device: str | None = None,
     implementation: str | None = None,
+    model: str | None = None,
 ) -> dict[str, str]:
     """Write the ledger row of ``claim`` (a key of :data:`CLAIMS`): its ``verdict`` (one
     of :data:`~prenorm.VERDICTS`), the ``key`` number as text, the MyST label of the
     ``section`` that measured it and the ``scale`` preset it ran at; for a result that is
     a property of a device and an implementation rather than of scale, ``device`` and
-    ``implementation`` too, which :func:`verdict_text` puts into the verdict shown.
+    ``implementation`` too, and for a result measured in a trained checkpoint its
+    ``model``, which :func:`verdict_text` puts into the verdict shown.
     The row is stamped with :func:`build_id` at ``scale``, so a chapter run at another
     preset than the landing page's is refused there. Returns the row."""
     c = CLAIMS[claim]
@@ -240,7 +242,7 @@ def record(
         "build": build_id(scale),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    for name, value in (("device", device), ("implementation", implementation)):
+    for name, value in (("device", device), ("implementation", implementation), ("model", model)):
         if value is not None:
             if not (isinstance(value, str) and value.strip()):
                 raise ValueError(f"claim {claim}: {name} must be a non-empty string, got {value!r}")
@@ -293,14 +295,17 @@ def read(
     return pd.DataFrame(rows)
 
 
-def verdict_text(verdict: str, device: object = None, implementation: object = None) -> str:
+def verdict_text(
+    verdict: str, device: object = None, implementation: object = None, model: object = None
+) -> str:
     """The verdict as shown to the reader: ``verdict`` itself, or, for a row that names the
-    ``device`` and ``implementation`` its result depends on (either may be missing: ``None``,
-    NaN or empty), the verdict scoped to them: "at this scale" becomes "on {device}, with
-    {implementation}", and any other verdict gets the same words appended."""
+    ``device`` and ``implementation`` its result depends on, or the trained ``model`` it
+    was measured in (any may be missing: ``None``, NaN or empty), the verdict scoped to
+    them: "at this scale" becomes "in {model}, on {device}, with {implementation}" (the
+    parts named), and any other verdict gets the same words appended."""
     parts = [
         f"{prefix}{v}"
-        for prefix, v in (("on ", device), ("with ", implementation))
+        for prefix, v in (("in ", model), ("on ", device), ("with ", implementation))
         if isinstance(v, str) and v.strip()
     ]
     if not parts:
@@ -313,7 +318,7 @@ def verdict_text(verdict: str, device: object = None, implementation: object = N
 
 def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
     """The ledger as an HTML table for the landing page: claim, verdict (scoped by
-    :func:`verdict_text` where the row names a device and an implementation), key number and a
+    :func:`verdict_text` where the row names a device and an implementation, or a model), key number and a
     link to the section (``{chapter}{suffix}#{section}``) that measured it."""
     esc = html.escape  # every field, text and attribute alike (quotes included)
     cells = []
@@ -326,7 +331,10 @@ def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
         number = int(r.chapter[:2]) if str(r.chapter)[:2].isdigit() else r.chapter
         link = f'<a href="{esc(href)}">ch. {esc(str(number))}</a>'
         shown = verdict_text(
-            str(r.verdict), getattr(r, "device", None), getattr(r, "implementation", None)
+            str(r.verdict),
+            getattr(r, "device", None),
+            getattr(r, "implementation", None),
+            getattr(r, "model", None),
         )
         cls = "verdict-" + re.sub(r"[^a-z-]", "", str(r.verdict).split()[0].lower())
         cells.append(

@@ -61,6 +61,7 @@ __all__ = [
     "PretrainedLM",
     "checkpoint_dir",
     "contrastive_accuracy",
+    "cos_one_null",
     "fetch_checkpoints",
     "load_pretrained",
     "norm_geometry",
@@ -747,6 +748,51 @@ def norm_geometry(
                 }
             )
     return pd.DataFrame(rows).assign(**model.describe())
+
+
+def cos_one_null(
+    d: int,
+    n_norms: int,
+    n_windows: int,
+    n_tokens: int,
+    q: float = 0.95,
+    reps: int = 500,
+    seed: int = 0,
+) -> float:
+    r"""The ``q``-quantile, for random inputs, of the statistic C13-T measures: over
+    ``n_windows`` windows, the mean of each window's largest (over ``n_norms`` norms) mean
+    (over its ``n_tokens`` tokens) of :math:`|\cos(s, \mathbf 1)|`, where every token's
+    :math:`s` is an independent standard Gaussian vector in ``d`` dimensions.
+
+    It is simulated exactly, without drawing ``d`` numbers per token: along the unit
+    vector :math:`\mathbf 1/\sqrt d` a Gaussian :math:`s` has the component
+    :math:`z \sim N(0, 1)`, independent of its squared norm in the other :math:`d - 1`
+    directions, :math:`c \sim \chi^2_{d-1}`, so :math:`\cos(s, \mathbf 1) = z/\sqrt{z^2 +
+    c}`. ``reps`` replicates with generator seed ``seed``; a measured statistic whose whole
+    interval lies below this quantile is no more aligned with :math:`\mathbf 1` than
+    random vectors."""
+    for arg, v, low in (
+        ("d", d, 2),
+        ("n_norms", n_norms, 1),
+        ("n_windows", n_windows, 1),
+        ("n_tokens", n_tokens, 1),
+        ("reps", reps, 1),
+        ("seed", seed, 0),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {v!r}")
+    if not (isinstance(q, float) and 0.0 < q < 1.0):
+        raise ValueError(f"q must be a float in (0, 1), got {q!r}")
+    g = torch.Generator().manual_seed(seed)
+    shape = (reps, n_windows, n_norms, n_tokens)
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    c = torch.distributions.Chi2(torch.tensor(float(d - 1), dtype=torch.float64))
+    with torch.random.fork_rng():  # Chi2 draws from the global generator: seed a copy
+        torch.manual_seed(seed)
+        rest = c.sample(shape)
+    cos = z.abs() / (z.square() + rest).sqrt()
+    stat = cos.mean(dim=3).amax(dim=2).mean(dim=1)
+    return torch.quantile(stat, q).item()
 
 
 def window_grad_norms(model: PretrainedLM, batch: tuple[Tensor, Tensor]) -> pd.DataFrame:

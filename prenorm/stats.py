@@ -20,6 +20,7 @@ import pandas as pd
 from .verdicts import Estimate
 
 __all__ = [
+    "agreeing_estimate",
     "censored_interval",
     "depth_exponent",
     "paired_difference",
@@ -29,6 +30,28 @@ __all__ = [
     "t_interval",
     "t_quantile",
 ]
+
+
+def agreeing_estimate(*estimates: Estimate) -> Estimate:
+    r"""One :class:`~prenorm.Estimate` that decides a prediction only where every one of
+    ``estimates`` (two measurements of the same quantity, by different readouts, say)
+    decides it the same way: the interval is the union hull
+    :math:`[\min_i lo_i, \max_i hi_i]`, the value the mean of the values, ``n`` the
+    smallest ``n``. If all intervals lie on one side of a threshold, so does the hull and
+    the prediction holds or fails as each would; if they disagree (one holds, another
+    fails) or any is undecided, the hull reaches both sides of the threshold and the
+    prediction is undecided."""
+    if len(estimates) < 2:
+        raise ValueError(f"agreeing_estimate needs at least two estimates, got {len(estimates)}")
+    for e in estimates:
+        if not isinstance(e, Estimate):
+            raise TypeError(f"agreeing_estimate takes Estimate objects, got {e!r}")
+    return Estimate(
+        value=float(np.mean([e.value for e in estimates])),
+        lo=min(e.lo for e in estimates),
+        hi=max(e.hi for e in estimates),
+        n=min(e.n for e in estimates),
+    )
 
 
 def t_quantile(p: float, df: int) -> float:

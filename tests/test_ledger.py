@@ -204,3 +204,23 @@ def test_a_verdict_scoped_to_a_device_and_an_implementation_says_so(tmp_path, mo
     assert ">confirmed<" in page and 'class="verdict-not"' in page
     with pytest.raises(ValueError, match="device"):
         record("C12", P.VERDICTS[2], "t", "s", "cpu", tmp_path, device=" ")
+
+
+def test_a_verdict_measured_in_a_checkpoint_names_it_on_the_landing_page(tmp_path, monkeypatch):
+    # fails if a -T row of a published checkpoint reads "not reproduced at this scale"
+    from prenorm.ledger import verdict_text
+
+    assert verdict_text(P.VERDICTS[2], model="SmolLM2") == "not reproduced in SmolLM2"
+    assert verdict_text(P.VERDICTS[3], model="MiniLM") == "inconclusive in MiniLM"
+    monkeypatch.setenv("PRENORM_BUILD", "b1")
+    t = P.ClaimTest("C5-T", "s", {"a": P.Prediction("q", "<", 1.0)}).in_model("all-MiniLM")
+    t.measure(a=2.0)
+    assert t.verdict == P.VERDICTS[2]  # the word the counts use is unchanged
+    assert t.verdict_text == "not reproduced in all-MiniLM"
+    row = record("C5-T", t.verdict, "k", "s", "cpu", tmp_path, model=t.model)
+    assert row["verdict"] == P.VERDICTS[2] and row["model"] == "all-MiniLM"
+    record("C13", P.VERDICTS[0], "d 0.0", "s", "cpu", tmp_path)
+    page = to_html(read(tmp_path, claims=["C5-T", "C13"]))
+    assert "not reproduced in all-MiniLM<" in page and ">confirmed<" in page
+    with pytest.raises(ValueError, match="model"):
+        t.in_model(" ")

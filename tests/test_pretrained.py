@@ -335,3 +335,19 @@ def test_the_book_build_reaches_no_network(build_network_log):
     armed, refused = build_network_log
     assert any("ipykernel" in line for line in armed), "the guard was not armed in the kernels"
     assert not refused, refused[:10]
+
+
+def test_the_null_of_cos_one_matches_gaussian_vectors_drawn_in_full():
+    # fails if the z / chi-square shortcut, or the order of mean and max, were wrong
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(4000, 8, 2, 3, 64, generator=g)  # reps, windows, norms, tokens, d
+    cos = s.mean(-1).abs() * 64**0.5 / s.norm(dim=-1)
+    direct = torch.quantile(cos.mean(-1).amax(-1).mean(-1), 0.95).item()
+    null = P.cos_one_null(64, 2, 8, 3, reps=4000, seed=2)
+    assert abs(null - direct) < 0.01 * direct
+    assert P.cos_one_null(64, 4, 8, 3) > P.cos_one_null(64, 1, 8, 3)  # max over more norms
+    assert P.cos_one_null(64, 2, 8, 3) == P.cos_one_null(64, 2, 8, 3)  # seeded
+    with pytest.raises(ValueError, match="n_norms"):
+        P.cos_one_null(64, 0, 8, 3)
+    with pytest.raises(ValueError, match="q must"):
+        P.cos_one_null(64, 1, 8, 3, q=1.5)

@@ -174,3 +174,23 @@ def test_censored_interval_covers_what_the_bounds_allow():
     assert P.censored_interval([2.0], [2.0]).lo == -math.inf
     with pytest.raises(ValueError, match="at most its upper"):
         P.censored_interval([2.0, 1.0], [1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "outcome"),
+    [
+        ((0.8, 0.7, 0.9), (0.85, 0.78, 0.92), "holds"),  # both readouts below 1: agree
+        ((1.99, 1.67, 2.32), (1.5, 1.2, 1.8), "fails"),  # both above: agree
+        ((1.99, 1.67, 2.32), (0.85, 0.78, 0.92), "undecided"),  # they disagree
+        ((0.8, 0.7, 0.9), (0.98, 0.9, 1.1), "undecided"),  # one is undecided
+    ],
+)
+def test_a_prediction_on_two_readouts_is_decided_only_when_they_agree(first, second, outcome):
+    # fails if one readout could decide the core against the other
+    est = P.agreeing_estimate(*(P.Estimate(*v, n=5) for v in (first, second)))
+    assert P.Prediction("ratio", "<", 1.0).outcome(est) == outcome
+    assert est.lo == min(first[1], second[1]) and est.hi == max(first[2], second[2])
+    with pytest.raises(ValueError, match="two"):
+        P.agreeing_estimate(est)
+    with pytest.raises(TypeError, match="Estimate"):
+        P.agreeing_estimate(est, 1.0)
