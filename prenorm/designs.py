@@ -36,7 +36,7 @@ import pandas as pd
 
 from .stats import t_interval
 from .training import lr_summary
-from .verdicts import Estimate
+from .verdicts import Estimate, Prediction
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,6 +48,7 @@ __all__ = [
     "FLAT_FACTOR",
     "GROWTH_STANDARD",
     "growth_standard",
+    "stops_predictions",
     "stream_rms_by_seed",
     "GROWTH_WORDS",
     "deep_shares",
@@ -265,6 +266,37 @@ def growth_standard(growth: Estimate, relative: Estimate, flat: float = FLAT_FAC
     if growth.lo > flat and relative.lo >= 1:
         return GROWTH_STANDARD[2]
     return GROWTH_STANDARD[3]
+
+
+def stops_predictions(
+    growth: str,
+    ratio: str,
+    ratio_id: str = "ratio",
+    ratio_threshold: float = 10.0,
+    flat: float = FLAT_FACTOR,
+) -> dict[str, Prediction]:
+    r"""The predictions of a claim that a design *stops* a growth (C15, C21), with the
+    claim's own word as the core. ``"growth"`` (core): the design's growth factor
+    :math:`g` (final over initial value, an interval over seeds) has its whole interval at
+    or below ``flat``, the "stops" of :func:`growth_standard`: it holds when
+    :math:`g_{hi} \le` ``flat``, fails when :math:`g_{lo} >` ``flat`` (the growth lies
+    wholly above the flat band) and is undecided otherwise. ``ratio_id`` (secondary, the
+    weaker "limits" reading): the reference design's final value over this design's,
+    ``ratio``, is at least ``ratio_threshold``; a large ratio to a growing reference
+    alone cannot confirm "stops"."""
+    for name, text in (("growth", growth), ("ratio", ratio)):
+        if not (isinstance(text, str) and text.strip()):
+            raise ValueError(f"{name} must be a non-empty description, got {text!r}")
+    if not (isinstance(ratio_id, str) and ratio_id.isidentifier() and ratio_id != "growth"):
+        raise ValueError(f"ratio_id must be an identifier other than 'growth', got {ratio_id!r}")
+    if not (isinstance(ratio_threshold, int | float) and ratio_threshold > 0):
+        raise ValueError(f"ratio_threshold must be a positive number, got {ratio_threshold!r}")
+    if not (isinstance(flat, int | float) and flat >= 1):
+        raise ValueError(f"flat must be a number >= 1, got {flat!r}")
+    return {
+        "growth": Prediction(f"{growth} (stops)", "<=", float(flat)),
+        ratio_id: Prediction(f"{ratio} (limits)", ">=", float(ratio_threshold), core=False),
+    }
 
 
 def stream_rms_by_seed(

@@ -138,6 +138,11 @@ class Scale:
     and through the 30-layer decoder (whose layer ablation costs about 15 forward passes);
     each window is one observation of the chapter's 95% intervals, so every preset has at
     least two of each.
+    ``stops_confirm_seeds``: the fresh seeds of the "stops" cores of C15 and C21 (the
+    growth factor of Peri-LN's stream and of QK-norm's largest logit), made core after
+    ``part3_confirm_seeds`` had been seen; chapters 9 and 10 run them only at the top
+    learning rate those cores read, for the design and its Pre-LN reference. At ``ci``
+    they overlap the seen seeds, and the verdicts say they saw development data.
     """
 
     name: str
@@ -186,6 +191,7 @@ class Scale:
     trained_seq_len: int
     trained_encoder_seqs: int
     trained_decoder_seqs: int
+    stops_confirm_seeds: tuple[int, ...]
 
     def model_kwargs(self) -> dict[str, int]:
         """``d_model``, ``n_heads`` and ``seq_len``: the model size every chapter shares."""
@@ -248,6 +254,7 @@ PRESETS: Registry[Scale] = Registry(
             trained_seq_len=32,
             trained_encoder_seqs=4,
             trained_decoder_seqs=2,
+            stops_confirm_seeds=(2, 3),
         ),
         "cpu": Scale(
             name="cpu",
@@ -296,6 +303,7 @@ PRESETS: Registry[Scale] = Registry(
             trained_seq_len=128,
             trained_encoder_seqs=16,
             trained_decoder_seqs=4,
+            stops_confirm_seeds=(6, 7),
         ),
         "gpu": Scale(
             name="gpu",
@@ -344,6 +352,7 @@ PRESETS: Registry[Scale] = Registry(
             trained_seq_len=256,
             trained_encoder_seqs=16,
             trained_decoder_seqs=8,
+            stops_confirm_seeds=(6, 7),
         ),
     },
 )

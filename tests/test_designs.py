@@ -451,3 +451,28 @@ def test_confirmation_lrs_take_the_best_rate_and_the_extras():
     assert got == {"pre": [0.01, 0.05], "peri": [0.1]}
     with pytest.raises(KeyError, match="lns"):
         P.confirmation_lrs({"pre": 0.01}, 0.1, {"lns": [0.1]})
+
+
+def test_stops_predictions_make_the_claims_word_the_core():
+    # Fails if the core were still the ratio against the reference: a 335x ratio with a
+    # growth wholly above the flat band must not confirm "stops", and a growth inside the
+    # band confirms it even when the ratio misses its threshold.
+    from prenorm.verdicts import Estimate as E
+
+    preds = P.stops_predictions("g", "r", ratio_id="rms_ratio")
+    assert [k for k, p in preds.items() if p.core] == ["growth"]
+    assert preds["growth"].op == "<=" and preds["growth"].threshold == P.FLAT_FACTOR
+    assert not preds["rms_ratio"].core and preds["rms_ratio"].threshold == 10.0
+
+    def verdict(growth, ratio):
+        c = P.ClaimTest("C21", section="nonorm-qk", predictions=P.stops_predictions("g", "r"))
+        return c.measure(growth=growth, ratio=ratio).verdict
+
+    assert verdict(E(5.0, 3.0, 8.0), E(335.0, 100.0, 1000.0)) == P.VERDICTS[2]
+    assert verdict(E(2.3, 0.9, 5.8), E(335.0, 100.0, 1000.0)) == P.VERDICTS[3]
+    assert verdict(E(1.4, 1.1, 1.8), E(3.0, 2.0, 4.0)).startswith("confirmed")
+    assert verdict(E(1.4, 1.1, 1.8), E(30.0, 20.0, 40.0)) == P.VERDICTS[0]
+    with pytest.raises(ValueError, match="ratio_id"):
+        P.stops_predictions("g", "r", ratio_id="growth")
+    with pytest.raises(ValueError, match="flat"):
+        P.stops_predictions("g", "r", flat=0.5)
