@@ -268,6 +268,36 @@ class ClaimTest:
         found = [str(self.predictions[k]) for k in self.ids(outcome)]
         return "; ".join(found) if found else "none"
 
+    def power_note(self) -> str:
+        r"""Why an undecided core prediction could not decide, in numbers: for each core
+        prediction whose Estimate straddles its threshold, the number of observations
+        :math:`n`, the Student-t quantile its interval used (:math:`n - 1` degrees of
+        freedom), and :func:`~prenorm.seeds_to_decide`'s planning figure: about how many
+        observations would put the interval clear of the threshold at the observed SD.
+        ``""`` when no core prediction is undecided on an Estimate."""
+        from .stats import seeds_to_decide, t_quantile
+
+        parts = []
+        for k, p in self.predictions.items():
+            m = self.measured.get(k) if self.measured else None
+            if not (p.core and isinstance(m, Estimate) and self.outcome(k) == "undecided"):
+                continue
+            if m.n < 2:
+                parts.append(f"{k} undecided: {m.n} observation(s), no spread to judge")
+                continue
+            text = (
+                f"{k} undecided at n = {m.n} (t = {t_quantile(0.975, m.n - 1):.1f}, {m.n - 1} df)"
+            )
+            if p.op != "within":
+                need = seeds_to_decide(m, p.threshold)
+                text += (
+                    f"; n ≈ {need} would decide at the observed SD"
+                    if need is not None
+                    else "; no feasible n decides at the observed mean and SD"
+                )
+            parts.append(text)
+        return "; ".join(parts)
+
     def predictions_table(self) -> pd.DataFrame:
         """The predictions and conditions as stated before the experiment: one row each,
         with its id, the quantity, what is predicted and its kind (core, secondary, or a
@@ -355,12 +385,15 @@ class ClaimTest:
         """Write the claims ledger's row (:func:`prenorm.ledger.record`) with the computed
         verdict, the ``key`` number as text (followed by :meth:`seeds_note` when seeds were
         split, or by ``note`` when given: the seeds a verdict rests on when they are not the
-        split's, C14's search seeds say), this test's section, the device and implementation
+        split's, C14's search seeds say; and, for an inconclusive verdict, by
+        :meth:`power_note`), this test's section, the device and implementation
         of :meth:`scoped` and the model of :meth:`in_model`. Returns the row."""
         if note is not None and not (isinstance(note, str) and note.strip()):
             raise ValueError(f"claim {self.claim}: note must be a non-empty string, got {note!r}")
         note = self.seeds_note() if note is None else note
         text = f"{key}; {note}" if note else key
+        if self.verdict == "inconclusive" and (power := self.power_note()):
+            text = f"{text}; {power}"
         return ledger.record(
             self.claim,
             self.verdict,

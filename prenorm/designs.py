@@ -328,7 +328,7 @@ def ratio_estimate(numerator: pd.Series, denominator: pd.Series, level: float = 
     :math:`\log_{10} r_i` and carried back, over the seeds where both are finite and
     positive (a run that diverged has no value). One seed gives the interval
     :math:`(-\infty, \infty)`; none, an Estimate of NaNs with ``n = 0`` (a prediction
-    judged on it then fails rather than the chapter stopping)."""
+    judged on it is then undecided rather than the chapter stopping)."""
     r = (pd.Series(numerator, dtype=float) / pd.Series(denominator, dtype=float)).dropna()
     r = r[np.isfinite(r) & (r > 0)]
     if not len(r):
@@ -336,7 +336,7 @@ def ratio_estimate(numerator: pd.Series, denominator: pd.Series, level: float = 
     if len(r) == 1:
         return Estimate(float(r.iloc[0]), -math.inf, math.inf, n=1)
     e = t_interval(np.log10(r.to_numpy()), level)
-    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd)
+    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd, log10=True)
 
 
 def confirmation_lrs(

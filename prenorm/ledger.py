@@ -81,7 +81,7 @@ CLAIMS: Registry[Claim] = Registry(
         ("C4", "The LayerNorm Jacobian is dominated by its 1/σ scaling", "02_layernorm_jacobian"),
         (
             "C5",
-            "Post-LN gradients to early layers shrink, compounding with depth",
+            "At init, Post-LN gradients to early layers shrink, compounding with depth",
             "03_post_ln_gradients",
         ),
         ("C6", "Post-LN needs warmup: without it training stalls or diverges", "05_warmup"),

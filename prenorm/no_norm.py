@@ -289,7 +289,7 @@ def seed_estimate(
     if not log:
         return t_interval(v, level)
     e = t_interval(np.log10(v), level)
-    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd)
+    return Estimate(10**e.value, 10**e.lo, 10**e.hi, n=e.n, sd=e.sd, log10=True)
 
 
 def interval_word(

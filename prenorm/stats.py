@@ -26,6 +26,7 @@ __all__ = [
     "paired_difference",
     "rate",
     "rate_interval",
+    "seeds_to_decide",
     "steps_to_reach",
     "t_interval",
     "t_quantile",
@@ -93,6 +94,52 @@ def t_interval(values: Sequence[float] | pd.Series | np.ndarray, level: float = 
     sd = float(d.std(ddof=1))
     half = t_quantile((1 + level) / 2, len(d) - 1) * sd / math.sqrt(len(d))
     return Estimate(mean, mean - half, mean + half, n=len(d), sd=sd)
+
+
+def seeds_to_decide(
+    estimate: Estimate, threshold: float, level: float = 0.95, max_n: int = 100_000
+) -> int | None:
+    r"""How many observations a mean like ``estimate`` would need for its Student-t
+    interval at ``level`` to clear ``threshold``: the smallest :math:`n \ge 2` with
+
+    .. math:: t_{(1+\text{level})/2,\,n-1}\; s/\sqrt n \;<\; |\bar d - \text{threshold}|,
+
+    taking the observed mean :math:`\bar d` and standard deviation :math:`s`
+    (``estimate.value`` and ``estimate.sd``) as if they held; for a geometric estimate
+    (``estimate.log10``) both sides are on :math:`\log_{10}`, where its interval was
+    computed. It is a planning figure for
+    the next experiment, not a verdict: it says how far from deciding a test was, never
+    which way it would go. ``None`` when it cannot be computed (no finite SD, a mean on
+    the threshold, a NaN) or exceeds ``max_n``."""
+    if not isinstance(estimate, Estimate):
+        raise TypeError(f"seeds_to_decide takes an Estimate, got {estimate!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if not (isinstance(max_n, int) and max_n >= 2):
+        raise ValueError(f"max_n must be an integer >= 2, got {max_n!r}")
+    value, threshold = float(estimate.value), float(threshold)
+    if estimate.log10:
+        if not (value > 0 and threshold > 0):
+            return None
+        value, threshold = math.log10(value), math.log10(threshold)
+    gap, sd = abs(value - threshold), float(estimate.sd)
+    if not (math.isfinite(gap) and math.isfinite(sd)) or gap == 0:
+        return None
+    if sd == 0:
+        return 2
+
+    def clears(n: int) -> bool:
+        return t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n) < gap
+
+    if not clears(max_n):
+        return None
+    lo, hi = 1, 2  # clears(lo) is False (n = 1 never decides), clears(hi) unknown
+    while not clears(hi):
+        lo, hi = hi, min(2 * hi, max_n)
+    while hi - lo > 1:  # the half-width falls with n, so bisection finds the first n
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if clears(mid) else (mid, hi)
+    return hi
 
 
 def paired_difference(

@@ -55,13 +55,16 @@ class Estimate:
     for instance the mean of paired differences with its Student-t interval
     (:func:`~prenorm.paired_difference`). ``float(estimate)`` is the value; ``n`` is the
     number of observations behind it and ``sd`` their standard deviation (NaN when not
-    known)."""
+    known). ``log10=True`` marks a geometric estimate: the interval was computed on
+    :math:`\log_{10}` of the observations and carried back (:math:`10^{m \pm h}`), and
+    ``sd`` is the standard deviation of those logarithms."""
 
     value: float
     lo: float
     hi: float
     n: int = 0
     sd: float = float("nan")
+    log10: bool = False
 
     def __post_init__(self) -> None:
         for name in ("value", "lo", "hi", "sd"):
@@ -133,20 +136,27 @@ class Prediction:
         :data:`OUTCOMES_OF_PREDICTION`). A plain number holds or fails. An
         :class:`Estimate` is undecided when its interval reaches both values that satisfy
         the prediction and values that do not (the threshold, or an end of a ``within``
-        band, lies inside it); otherwise its central value decides."""
-        if isinstance(value, Estimate) and not any(
-            math.isnan(v) for v in (value.value, value.lo, value.hi)
-        ):
-            lo, hi = value.lo, value.hi
-            if self.op == "within":
-                a, b = self.threshold - self.within, self.threshold + self.within
-                some_hold = lo <= b and hi >= a
-                some_fail = lo < a or hi > b
+        band, lies inside it); otherwise its central value decides. An Estimate whose
+        central value is NaN (a mean that could not be formed: no observations, or a seed
+        known only within bounds) is judged by its interval alone, and is undecided when
+        the interval is NaN too: no data decides nothing, so it cannot fail a prediction."""
+        if isinstance(value, Estimate):
+            centre, lo, hi = value.value, value.lo, value.hi
+            if math.isnan(lo) or math.isnan(hi):
+                if math.isnan(centre):
+                    return OUTCOMES_OF_PREDICTION[2]
             else:
-                some_hold = self.holds(lo) or self.holds(hi)
-                some_fail = not self.holds(lo) or not self.holds(hi)
-            if some_hold and some_fail:
-                return OUTCOMES_OF_PREDICTION[2]
+                if self.op == "within":
+                    a, b = self.threshold - self.within, self.threshold + self.within
+                    some_hold = lo <= b and hi >= a
+                    some_fail = lo < a or hi > b
+                else:
+                    some_hold = self.holds(lo) or self.holds(hi)
+                    some_fail = not self.holds(lo) or not self.holds(hi)
+                if some_hold and some_fail:
+                    return OUTCOMES_OF_PREDICTION[2]
+                if math.isnan(centre):
+                    return OUTCOMES_OF_PREDICTION[0] if some_hold else OUTCOMES_OF_PREDICTION[1]
         return OUTCOMES_OF_PREDICTION[0] if self.holds(value) else OUTCOMES_OF_PREDICTION[1]
 
     @property

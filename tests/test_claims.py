@@ -191,3 +191,33 @@ def test_a_scoped_claim_glues_and_records_its_device_and_implementation(tmp_path
     assert (row["device"], row["implementation"]) == ("cpu", "unfused F.rms_norm")
     with pytest.raises(ValueError, match="implementation"):
         c.scoped("cpu", "")
+
+
+def test_an_estimate_with_no_mean_is_judged_by_its_interval_or_not_at_all():
+    """Fails if a measurement that could not be made (no runs, NaN everywhere) fails a core
+    prediction (the ci preset's C17 and C18 read "not reproduced" on zero seeds that way),
+    or if a censored mean (NaN centre, known bounds) ignores an interval that decides."""
+    p = P.Prediction("gap", "<", 0.5)
+    assert p.outcome(P.Estimate(math.nan, math.nan, math.nan, n=0)) == "undecided"
+    assert p.outcome(P.Estimate(math.nan, 0.1, 0.3, n=2)) == "holds"
+    assert p.outcome(P.Estimate(math.nan, 0.6, 0.9, n=2)) == "fails"
+    assert p.outcome(P.Estimate(math.nan, 0.1, 0.9, n=2)) == "undecided"
+    c = P.ClaimTest("C17", section="s", predictions={"d": p})
+    assert c.measure(d=P.Estimate(math.nan, math.nan, math.nan, n=0)).verdict == "inconclusive"
+
+
+def test_an_inconclusive_row_says_how_far_it_was_from_deciding(tmp_path, monkeypatch):
+    """The ledger row of an undecided core names n, the t quantile and the planning n, and
+    a decided row carries no such note. Fails if the planning figure is not the first n
+    whose interval at the observed SD clears the threshold."""
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    est = P.t_interval([0.01, 0.04])  # mean 0.025, sd 0.0212; 0.02 lies inside its interval
+    c = P.ClaimTest("C13", section="s", predictions={"d": P.Prediction("gap", ">", 0.02)})
+    row = c.measure(d=est).record("gap", scale="ci")
+    need = P.seeds_to_decide(est, 0.02)
+    assert row["verdict"] == "inconclusive"
+    assert f"d undecided at n = 2 (t = 12.7, 1 df); n ≈ {need} would decide" in row["key"]
+    assert need is not None and need > 2
+    decided = c.measure(d=P.t_interval([0.05, 0.06, 0.07])).record("gap", scale="ci")
+    assert decided["verdict"] == "confirmed" and "undecided" not in decided["key"]

@@ -194,3 +194,23 @@ def test_a_prediction_on_two_readouts_is_decided_only_when_they_agree(first, sec
         P.agreeing_estimate(est)
     with pytest.raises(TypeError, match="Estimate"):
         P.agreeing_estimate(est, 1.0)
+
+
+def test_seeds_to_decide_is_the_first_n_whose_interval_clears_the_threshold():
+    """Fails if the returned n is not minimal, or does not decide, at the observed mean and
+    SD; or if a geometric estimate is planned on the linear scale."""
+    est = P.Estimate(0.03, 0.0, 0.06, n=3, sd=0.02)
+    n = P.seeds_to_decide(est, 0.02)
+    half = [P.t_quantile(0.975, k - 1) * 0.02 / math.sqrt(k) for k in (n - 1, n)]
+    assert half[1] < 0.01 <= half[0]
+    geo = P.Estimate(10**0.5, 10**0.0, 10**1.0, n=4, sd=0.2, log10=True)
+    m = P.seeds_to_decide(geo, 1.0)  # the gap is 0.5 in log10 units
+    assert P.t_quantile(0.975, m - 1) * 0.2 / math.sqrt(m) < 0.5
+    assert P.t_quantile(0.975, m - 2) * 0.2 / math.sqrt(m - 1) >= 0.5
+    assert P.seeds_to_decide(P.Estimate(0.02, 0.0, 0.04, n=3, sd=0.01), 0.02) is None
+    assert P.seeds_to_decide(P.Estimate(0.5, 0.0, 1.0, n=3), 0.2) is None  # sd unknown
+    assert P.seeds_to_decide(P.Estimate(0.03, 0.0, 0.06, n=3, sd=10.0), 0.02, max_n=50) is None
+    with pytest.raises(TypeError, match="Estimate"):
+        P.seeds_to_decide(0.5, 0.2)
+    with pytest.raises(ValueError, match="max_n"):
+        P.seeds_to_decide(est, 0.02, max_n=1)
