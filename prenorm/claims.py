@@ -89,6 +89,8 @@ class ClaimTest:
     device: str | None = field(default=None, init=False)
     implementation: str | None = field(default=None, init=False)
     model: str | None = field(default=None, init=False)
+    condition: str | None = field(default=None, init=False)
+    post_hoc_reason: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         ledger.CLAIMS.check(self.claim)
@@ -169,11 +171,42 @@ class ClaimTest:
         self.model = model
         return self
 
+    def under(self, condition: str) -> ClaimTest:
+        """Say that the result holds only under one ``condition`` (an initialization, say)
+        that the experiment did not vary enough to generalize over: the glued verdict and
+        the ledger row then read "... under {condition}". Returns the test itself."""
+        if not (isinstance(condition, str) and condition.strip()):
+            raise ValueError(
+                f"claim {self.claim}: condition must be a non-empty string, got {condition!r}"
+            )
+        self.condition = condition
+        return self
+
+    def post_hoc(self, reason: str) -> ClaimTest:
+        """Mark the verdict as post hoc: its prediction was revised after results of the
+        same object had been seen (a fixed checkpoint, whose fresh windows re-sample text
+        but not the model), so nothing fresh confirms it. The glued verdict and the ledger
+        row end in "(post hoc)", and the row's key number gives the ``reason``. Returns the
+        test itself."""
+        if not (isinstance(reason, str) and reason.strip()):
+            raise ValueError(
+                f"claim {self.claim}: a post hoc verdict needs a reason in words, got {reason!r}"
+            )
+        self.post_hoc_reason = reason
+        return self
+
     @property
     def verdict_text(self) -> str:
         """The verdict as the reader sees it: :attr:`verdict`, scoped to the device and the
         implementation when :meth:`scoped` named them, and to the model of :meth:`in_model`."""
-        return ledger.verdict_text(self.verdict, self.device, self.implementation, self.model)
+        return ledger.verdict_text(
+            self.verdict,
+            self.device,
+            self.implementation,
+            self.model,
+            self.condition,
+            self.post_hoc_reason,
+        )
 
     @property
     def prefix(self) -> str:
@@ -394,6 +427,8 @@ class ClaimTest:
         text = f"{key}; {note}" if note else key
         if self.verdict == "inconclusive" and (power := self.power_note()):
             text = f"{text}; {power}"
+        if self.post_hoc_reason:
+            text = f"{text}; post hoc: {self.post_hoc_reason}"
         return ledger.record(
             self.claim,
             self.verdict,
@@ -403,4 +438,6 @@ class ClaimTest:
             device=self.device,
             implementation=self.implementation,
             model=self.model,
+            condition=self.condition,
+            post_hoc=self.post_hoc_reason,
         )

@@ -217,13 +217,18 @@ def record(
     device: str | None = None,
     implementation: str | None = None,
     model: str | None = None,
+    condition: str | None = None,
+    post_hoc: str | None = None,
 ) -> dict[str, str]:
     """Write the ledger row of ``claim`` (a key of :data:`CLAIMS`): its ``verdict`` (one
     of :data:`~prenorm.VERDICTS`), the ``key`` number as text, the MyST label of the
     ``section`` that measured it and the ``scale`` preset it ran at; for a result that is
     a property of a device and an implementation rather than of scale, ``device`` and
     ``implementation`` too, and for a result measured in a trained checkpoint its
-    ``model``, which :func:`verdict_text` puts into the verdict shown.
+    ``model``, and for a result that holds only under one setting (an initialization) that
+    ``condition``, all of which :func:`verdict_text` puts into the verdict shown;
+    ``post_hoc`` (a reason, in words) marks a verdict whose prediction was revised after
+    results of the same object had been seen, with nothing fresh to confirm it on.
     The row is stamped with :func:`build_id` at ``scale``, so a chapter run at another
     preset than the landing page's is refused there. Returns the row."""
     c = CLAIMS[claim]
@@ -242,7 +247,14 @@ def record(
         "build": build_id(scale),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    for name, value in (("device", device), ("implementation", implementation), ("model", model)):
+    named = {
+        "device": device,
+        "implementation": implementation,
+        "model": model,
+        "condition": condition,
+        "post_hoc": post_hoc,
+    }
+    for name, value in named.items():
         if value is not None:
             if not (isinstance(value, str) and value.strip()):
                 raise ValueError(f"claim {claim}: {name} must be a non-empty string, got {value!r}")
@@ -296,24 +308,40 @@ def read(
 
 
 def verdict_text(
-    verdict: str, device: object = None, implementation: object = None, model: object = None
+    verdict: str,
+    device: object = None,
+    implementation: object = None,
+    model: object = None,
+    condition: object = None,
+    post_hoc: object = None,
 ) -> str:
     """The verdict as shown to the reader: ``verdict`` itself, or, for a row that names the
-    ``device`` and ``implementation`` its result depends on, or the trained ``model`` it
-    was measured in (any may be missing: ``None``, NaN or empty), the verdict scoped to
-    them: "at this scale" becomes "in {model}, on {device}, with {implementation}" (the
-    parts named), and any other verdict gets the same words appended."""
+    ``device`` and ``implementation`` its result depends on, the trained ``model`` it
+    was measured in, or the ``condition`` it holds under (any may be missing: ``None``, NaN
+    or empty), the verdict scoped to them: "at this scale" becomes "in {model}, on
+    {device}, with {implementation}, under {condition}" (the parts named), and any other
+    verdict gets the same words appended. A row with a ``post_hoc`` reason ends in
+    "(post hoc)"."""
     parts = [
         f"{prefix}{v}"
-        for prefix, v in (("in ", model), ("on ", device), ("with ", implementation))
+        for prefix, v in (
+            ("in ", model),
+            ("on ", device),
+            ("with ", implementation),
+            ("under ", condition),
+        )
         if isinstance(v, str) and v.strip()
     ]
-    if not parts:
-        return verdict
-    scope = ", ".join(parts)
-    if "at this scale" in verdict:
-        return verdict.replace("at this scale", scope)
-    return f"{verdict} {scope}"
+    text = verdict
+    if parts:
+        scope = ", ".join(parts)
+        if "at this scale" in verdict:
+            text = verdict.replace("at this scale", scope)
+        else:
+            text = f"{verdict} {scope}"
+    if isinstance(post_hoc, str) and post_hoc.strip():
+        text += " (post hoc)"
+    return text
 
 
 def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
@@ -335,6 +363,8 @@ def to_html(ledger: pd.DataFrame, suffix: str = ".html") -> str:
             getattr(r, "device", None),
             getattr(r, "implementation", None),
             getattr(r, "model", None),
+            getattr(r, "condition", None),
+            getattr(r, "post_hoc", None),
         )
         cls = "verdict-" + re.sub(r"[^a-z-]", "", str(r.verdict).split()[0].lower())
         cells.append(

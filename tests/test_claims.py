@@ -221,3 +221,22 @@ def test_an_inconclusive_row_says_how_far_it_was_from_deciding(tmp_path, monkeyp
     assert need is not None and need > 2
     decided = c.measure(d=P.t_interval([0.05, 0.06, 0.07])).record("gap", scale="ci")
     assert decided["verdict"] == "confirmed" and "undecided" not in decided["key"]
+
+
+def test_a_post_hoc_or_conditional_verdict_says_so_in_the_glue_and_the_row(tmp_path, monkeypatch):
+    """Fails if a verdict revised after its own object's results were seen could appear on
+    the landing page without "(post hoc)", or a result of one init without naming it."""
+    monkeypatch.setenv("PRENORM_RESULTS", str(tmp_path))
+    monkeypatch.setenv("PRENORM_SCALE", "ci")
+    c = P.ClaimTest("C20", section="s", predictions={"g": P.Prediction("gap", "<=", 0.05)})
+    c.measure(g=0.8).under("GPT-2's init at GPT-2 small's gain").post_hoc("revised after seen")
+    assert c.verdict == "not reproduced at this scale"
+    assert c.verdict_text == "not reproduced under GPT-2's init at GPT-2 small's gain (post hoc)"
+    row = c.record("gap 0.8", scale="ci")
+    assert row["key"].endswith("; post hoc: revised after seen")
+    html = P.ledger.to_html(P.ledger.read(directory=tmp_path, claims=["C20"]))
+    assert "under GPT-2&#x27;s init at GPT-2 small&#x27;s gain (post hoc)" in html
+    with pytest.raises(ValueError, match="reason"):
+        c.post_hoc(" ")
+    with pytest.raises(ValueError, match="condition"):
+        c.under("")
