@@ -130,7 +130,7 @@ CLAIMS: Registry[Claim] = Registry(
         ),
         (
             "C8-T",
-            "In a trained Pre-LN model, every layer receives the gradient undiminished",
+            "In a trained Pre-LN model, the gradient reaches the first layer undiminished",
             "11_trained_models",
         ),
         ("C11-T", "In a trained model, LayerNorm's bias β is barely used", "11_trained_models"),

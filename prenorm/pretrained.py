@@ -63,6 +63,7 @@ __all__ = [
     "contrastive_accuracy",
     "cos_one_null",
     "fetch_checkpoints",
+    "gain_word",
     "load_pretrained",
     "norm_geometry",
     "norm_swap_effect",
@@ -699,10 +700,12 @@ def norm_geometry(
     (the scale it divides by, :math:`\sigma` or RMS); ``mean_cos``,
     :math:`|\cos(s, \mathbf 1)| = |\mu|\sqrt d/\|s\|`, the share of :math:`s` along the
     all-ones direction that LayerNorm's mean subtraction removes (removing it changes
-    :math:`s` by exactly that fraction of its norm); ``gain_bound``,
-    :math:`\max_i|\gamma_i|/\sigma`; ``jac_norm``, the spectral norm :math:`\|J(s)\|_2` of
-    the closed-form Jacobian, over the window's first ``tokens`` tokens (``jac_norm_max``
-    their largest); ``bias_share``, :math:`\|\beta\|/\|\mathrm{N}(s)\|` (0 without
+    :math:`s` by exactly that fraction of its norm); ``jac_norm``, the spectral norm
+    :math:`\|J(s)\|_2` of the closed-form Jacobian, averaged over the window's first
+    ``tokens`` tokens only (``jac_norm_max`` their largest), and ``gain_bound``, chapter 2's
+    bound :math:`\max_i|\gamma_i|/\sigma` averaged over *the same* tokens, so that
+    ``jac_norm <= gain_bound`` holds row by row (the bound holds token by token);
+    ``bias_share``, :math:`\|\beta\|/\|\mathrm{N}(s)\|` (0 without
     :math:`\beta`); and ``gamma_max`` (:math:`\max_i|\gamma_i|`). One row per (norm,
     window): ``layer``, ``sublayer``, ``slot``, ``window``, the columns above, plus the
     model's describe columns. BERT's embedding LayerNorm is the row ``layer=-1``,
@@ -741,13 +744,33 @@ def norm_geometry(
                     "sigma": sigma[w].mean().item(),
                     "mean_cos": cos[w].mean().item(),
                     "gamma_max": g.item(),
-                    "gain_bound": (g / sigma[w]).mean().item(),
+                    "gain_bound": (g / sigma[w, :k]).mean().item(),  # jac_norm's tokens
                     "jac_norm": spec[w].mean().item(),
                     "jac_norm_max": spec[w].max().item(),
                     "bias_share": share[w].mean().item(),
                 }
             )
     return pd.DataFrame(rows).assign(**model.describe())
+
+
+def gain_word(ratio: object) -> str:
+    r"""In words, what a chain of layers did to a gradient whose ratio to the top,
+    :math:`r = \|\nabla_{x_l}\|/\|\nabla_{x_L}\|`, has the 95% interval of ``ratio``
+    (an :class:`~prenorm.Estimate`): ``"amplified"`` when the whole interval lies above 1,
+    ``"attenuated"`` when it lies below 1, and ``"neither amplified nor attenuated"`` when
+    it contains 1. A one-sided test such as :math:`r \ge 0.8` cannot tell "undiminished"
+    from a large amplification; this word can."""
+    from .verdicts import Estimate
+
+    if not isinstance(ratio, Estimate):
+        raise TypeError(f"ratio must be an Estimate (a value with an interval), got {ratio!r}")
+    if ratio.lo != ratio.lo or ratio.hi != ratio.hi:  # NaN: no interval to read
+        return "not known (no interval)"
+    if ratio.lo > 1:
+        return "amplified"
+    if ratio.hi < 1:
+        return "attenuated"
+    return "neither amplified nor attenuated"
 
 
 def cos_one_null(

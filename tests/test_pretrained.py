@@ -183,6 +183,30 @@ def test_norm_geometry_per_window_matches_direct_computation():
     spec = torch.linalg.matrix_norm(ln.jacobian(s[:3].detach()), ord=2)
     assert row.jac_norm == pytest.approx(spec.mean().item(), rel=1e-4)
     assert row.bias_share == pytest.approx((ln.bias.norm() / ln(s).norm(dim=-1)).mean().item())
+    # the bound is averaged over the Jacobian's own tokens, so it holds row by row
+    bound = (ln.weight.abs().max() / ln.scale(s[:3].detach())).mean().item()
+    assert row.gain_bound == pytest.approx(bound, rel=1e-4)
+    assert (geo.jac_norm <= geo.gain_bound * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "word"),
+    [
+        (6.3, 15.7, "amplified"),
+        (0.7, 0.9, "attenuated"),
+        (0.8, 1.2, "neither amplified nor attenuated"),
+        (1.0, 1.5, "neither amplified nor attenuated"),  # an interval touching 1 is not clear
+        (float("nan"), float("nan"), "not known (no interval)"),
+    ],
+)
+def test_gain_word_reads_the_interval_against_1(lo, hi, word):
+    mid = (lo + hi) / 2
+    assert P.gain_word(P.Estimate(mid, lo, hi, n=4)) == word
+
+
+def test_gain_word_needs_an_interval():
+    with pytest.raises(TypeError, match="Estimate"):
+        P.gain_word(11.0)
 
 
 def test_readouts_are_validated_and_differ():
