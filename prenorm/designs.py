@@ -184,8 +184,8 @@ def paired_medians(
 def interval_or_nan(values: Sequence[float] | pd.Series, level: float = 0.95) -> Estimate:
     """The mean of the finite ``values`` with its Student-t interval
     (:func:`~prenorm.t_interval`), or an :class:`~prenorm.Estimate` of NaNs with ``n = 0``
-    when there is none (no run trained): a prediction judged on it then fails rather than
-    the chapter stopping."""
+    when there is none (no run trained): a prediction judged on it is then undecided
+    rather than the chapter stopping."""
     v = pd.Series(values, dtype=float)
     v = v[np.isfinite(v)]
     if not len(v):
@@ -241,7 +241,9 @@ GROWTH_STANDARD = (
     "stops it",
     "limits it but does not stop it",
     "does not limit it",
-    "undecided (the seeds' interval reaches across the flat band or the reference)",
+    "undecided (the growth's interval over seeds reaches across the flat band)",
+    "does not stop it; whether it limits it is undecided (the growth relative to the "
+    "reference reaches across 1)",
 )
 
 
@@ -254,7 +256,9 @@ def growth_standard(growth: Estimate, relative: Estimate, flat: float = FLAT_FAC
     none). *Limits it but does not stop it*: the whole interval of ``growth`` is above
     ``flat`` and the whole interval of ``relative`` below 1. *Does not limit it*: the
     growth is above ``flat`` and the whole interval of ``relative`` at or above 1.
-    Anything else is *undecided* (:data:`GROWTH_STANDARD`)."""
+    *Does not stop it, limiting undecided*: the growth is above ``flat`` and the
+    interval of ``relative`` contains 1. Anything else (the interval of ``growth``
+    reaches across ``flat``) is *undecided* (:data:`GROWTH_STANDARD`)."""
     if not (isinstance(growth, Estimate) and isinstance(relative, Estimate)):
         raise TypeError(f"growth_standard takes two Estimates, got {growth!r}, {relative!r}")
     if not (isinstance(flat, int | float) and flat >= 1):
@@ -265,6 +269,8 @@ def growth_standard(growth: Estimate, relative: Estimate, flat: float = FLAT_FAC
         return GROWTH_STANDARD[1]
     if growth.lo > flat and relative.lo >= 1:
         return GROWTH_STANDARD[2]
+    if growth.lo > flat:
+        return GROWTH_STANDARD[4]
     return GROWTH_STANDARD[3]
 
 

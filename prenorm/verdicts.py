@@ -90,6 +90,21 @@ class Estimate:
         """Half the interval's width."""
         return (self.hi - self.lo) / 2
 
+    def clipped(self, lower: float, upper: float) -> Estimate:
+        r"""The estimate with its interval intersected with the range
+        :math:`[\text{lower}, \text{upper}]` the quantity can take (a share in [0, 1], say):
+        :math:`[\max(lo, \text{lower}), \min(hi, \text{upper})]`. A Student-t interval on
+        few observations can reach past that range; the part outside holds no possible
+        value, so removing it changes no decision against a threshold inside the range.
+        The value, ``n``, ``sd`` and ``log10`` are kept; NaN ends stay NaN."""
+        if not lower <= upper:
+            raise ValueError(f"clipped needs lower <= upper, got {lower!r} and {upper!r}")
+        if not lower <= self.value <= upper and not math.isnan(self.value):
+            raise ValueError(f"the value {self.value} lies outside [{lower}, {upper}]")
+        lo = self.lo if math.isnan(self.lo) else max(self.lo, lower)
+        hi = self.hi if math.isnan(self.hi) else min(self.hi, upper)
+        return Estimate(self.value, lo, hi, n=self.n, sd=self.sd, log10=self.log10)
+
 
 #: The comparisons a prediction may make, by symbol.
 COMPARISONS: Registry[Callable[[float, float], bool]] = Registry(

@@ -240,3 +240,17 @@ def test_a_post_hoc_or_conditional_verdict_says_so_in_the_glue_and_the_row(tmp_p
         c.post_hoc(" ")
     with pytest.raises(ValueError, match="condition"):
         c.under("")
+
+
+def test_a_clipped_estimate_keeps_only_possible_values():
+    """Fails if clipping moves the value, widens the interval, or hides a NaN."""
+    e = P.t_interval([0.2, 1.1])  # a share over an equal value: the interval reaches below 0
+    c = e.clipped(0.0, 1.75)
+    assert e.lo < 0 and c.lo == 0.0 and c.hi == min(e.hi, 1.75) and c.value == e.value
+    assert (c.n, c.sd) == (e.n, e.sd)
+    nan = P.Estimate(math.nan, math.nan, math.nan, n=0).clipped(0, 1)
+    assert math.isnan(nan.lo) and math.isnan(nan.hi)
+    with pytest.raises(ValueError, match="outside"):
+        P.Estimate(2.0, 1.0, 3.0).clipped(0, 1)
+    with pytest.raises(ValueError, match="lower <= upper"):
+        e.clipped(1, 0)

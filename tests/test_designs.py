@@ -400,12 +400,12 @@ def test_growth_standard_reads_stop_limit_and_undecided_from_intervals():
     from prenorm.verdicts import Estimate
 
     E = Estimate
-    stops, limits, no_limit, undecided = P.GROWTH_STANDARD
+    stops, limits, no_limit, undecided, not_stopped = P.GROWTH_STANDARD
     assert P.FLAT_FACTOR == 2.0
     assert P.growth_standard(E(1.5, 1.1, 1.9), E(0.1, 0.05, 0.2)) == stops
     assert P.growth_standard(E(1.5, 1.1, 2.5), E(0.1, 0.05, 0.2)) == undecided
     assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.1, 0.05, 0.2)) == limits
-    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.9, 0.5, 1.5)) == undecided
+    assert P.growth_standard(E(5.0, 3.0, 8.0), E(0.9, 0.5, 1.5)) == not_stopped  # above flat
     assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0)) == no_limit
     assert P.growth_standard(E(5.0, 3.0, 8.0), E(1.5, 1.1, 2.0), flat=10.0) == stops
     with pytest.raises(TypeError):
