@@ -47,6 +47,7 @@ from .convert import (
 )
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .depth import (
+    against_runs,
     attenuation,
     depth_exponents,
     first_last,
@@ -305,6 +306,7 @@ from .warmup import (
     stall_escape,
     trained_cells,
     trained_counts,
+    warmup_changed_cells,
     warmup_controls,
     warmup_gain,
     warmup_gains,
@@ -397,6 +399,7 @@ __all__ = [
     "seed_estimate",
     "speedups_by_seed",
     "speedup_bounds_by_seed",
+    "against_runs",
     "attenuation",
     "depth_exponents",
     "first_last",
@@ -619,6 +622,7 @@ __all__ = [
     "trained_counts",
     "warmup_controls",
     "warmup_gain",
+    "warmup_changed_cells",
     "warmup_gains",
     "fold_norm_bias",
     "loss_with_norm_params",
