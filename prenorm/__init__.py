@@ -47,6 +47,7 @@ from .convert import (
 )
 from .data import CORPORA, Corpus, gaussian_batch, load_corpus
 from .depth import (
+    against_runs,
     attenuation,
     depth_exponents,
     first_last,
@@ -306,6 +307,7 @@ from .warmup import (
     stall_escape,
     trained_cells,
     trained_counts,
+    warmup_changed_cells,
     warmup_controls,
     warmup_gain,
     warmup_gains,
@@ -399,6 +401,7 @@ __all__ = [
     "seed_estimate",
     "speedups_by_seed",
     "speedup_bounds_by_seed",
+    "against_runs",
     "attenuation",
     "depth_exponents",
     "first_last",
@@ -621,6 +624,7 @@ __all__ = [
     "trained_counts",
     "warmup_controls",
     "warmup_gain",
+    "warmup_changed_cells",
     "warmup_gains",
     "fold_norm_bias",
     "loss_with_norm_params",

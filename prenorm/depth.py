@@ -29,10 +29,11 @@ from .data import Corpus
 from .jacobians import step_jacobian_parts
 from .model import TransformerLM, build_model
 from .probes import end_to_end_gains, update_sensitivity
-from .stats import depth_exponent
+from .stats import depth_exponent, t_quantile
 from .training import train
 
 __all__ = [
+    "against_runs",
     "attenuation",
     "depth_exponents",
     "first_last",
@@ -161,7 +162,7 @@ def linearity_summary(
     first, second = change / half, half / quarter
     linear = (first - 2).abs() <= tol
     if linear.all():
-        detail = f"every step moves the logits by at most {change.max():.2f} of their norm"
+        detail = f"every step moves the logits by at most {change.max():.2g} of their norm"
     else:
         w = (first - 2).abs().idxmax()  # the model furthest from the linear regime
         closer = abs(second[w] - 2) < abs(first[w] - 2)
@@ -188,6 +189,40 @@ def linearity_summary(
     return LinearitySummary(
         table, float(first.min()), float(first.max()), int(linear.sum()), len(linear), detail
     )
+
+
+def against_runs(
+    value: float,
+    runs: Sequence[float] | pd.Series | np.ndarray,
+    level: float = 0.95,
+    words: tuple[str, str, str] = ("smaller than", "not distinguishable from", "larger than"),
+) -> tuple[str, float, float]:
+    r"""Whether one run's ``value`` lies outside the spread of other ``runs``: the
+    Student-t prediction interval at ``level`` for one more run,
+    :math:`\bar r \pm t_{(1+\text{level})/2,\,n-1}\, s \sqrt{1 + 1/n}` over the ``n``
+    values of ``runs`` (:math:`s` their SD, ``ddof=1``). Returns ``(word, lo, hi)`` with
+    ``words[0]`` below the interval, ``words[2]`` above it and ``words[1]`` inside, so a
+    single run is called larger or smaller only when it differs by more than the runs'
+    own seed-to-seed spread allows. With one run in ``runs`` the spread is unknown and
+    the interval is :math:`(-\infty, \infty)`."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if not (isinstance(words, tuple) and len(words) == 3):
+        raise ValueError(
+            f"words must be a tuple of 3 strings (below, inside, above), got {words!r}"
+        )
+    r = np.asarray(runs, dtype=float)
+    if r.ndim != 1 or len(r) == 0 or np.isnan(r).any():
+        raise ValueError(f"runs must be a non-empty 1-D sequence without NaN, got {runs!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite, got {value!r}")
+    if len(r) == 1:
+        lo, hi = -math.inf, math.inf
+    else:
+        half = t_quantile((1 + level) / 2, len(r) - 1) * r.std(ddof=1) * math.sqrt(1 + 1 / len(r))
+        lo, hi = float(r.mean() - half), float(r.mean() + half)
+    word = words[0] if value < lo else words[2] if value > hi else words[1]
+    return word, lo, hi
 
 
 def attenuation(

@@ -568,7 +568,12 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
     measures the logits and the loss, and restores the parameters. Returns one
     row with ``lr``, ``rel_output_change``
     (:math:`\|f(\theta') - f(\theta)\| / \|f(\theta)\|` over the batch's logits),
-    ``loss_before``, ``loss_after`` and ``loss_change``, plus the model's :meth:`~prenorm.TransformerLM.describe` columns.
+    ``loss_before``, ``loss_after`` and ``loss_change``, ``step_error``, the relative
+    error of the step the parameters' precision actually took,
+    :math:`\|(\theta' - \theta) + \eta\,\mathrm{sign}(\nabla\mathcal L)\| /
+    \|\eta\,\mathrm{sign}(\nabla\mathcal L)\|` (near 0 unless :math:`\eta` is close to the
+    resolution of the weights' floating-point format), plus the model's
+    :meth:`~prenorm.TransformerLM.describe` columns.
     """
     if not (lr > 0 and torch.isfinite(torch.tensor(lr))):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
@@ -580,8 +585,12 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
+            err_sq, step_sq = 0.0, 0.0
+            for p, g, s in zip(params, grads, saved, strict=True):
                 p.sub_(lr * torch.sign(g))
+                intended = lr * torch.sign(g).double()
+                err_sq += ((p.double() - s.double()) + intended).pow(2).sum().item()
+                step_sq += intended.pow(2).sum().item()
             new_logits = model.logits_from_stream(model.residual_stream(x0)[-1])
             new_loss = torch.nn.functional.cross_entropy(new_logits.flatten(0, 1), y.flatten())
     finally:
@@ -594,6 +603,7 @@ def update_sensitivity(model: TransformerLM, batch: Batch, lr: float) -> pd.Data
         "loss_before": loss.item(),
         "loss_after": new_loss.item(),
         "loss_change": (new_loss - loss).item(),
+        "step_error": (err_sq / step_sq) ** 0.5 if step_sq > 0 else 0.0,
     }
     return pd.DataFrame([row]).assign(**model.describe())
 

@@ -65,6 +65,7 @@ __all__ = [
     "warmup_controls",
     "warmup_gain",
     "warmup_gains",
+    "warmup_changed_cells",
 ]
 
 #: The columns that make a cell of a training grid: every run of a cell differs from the
@@ -216,6 +217,25 @@ def rescued_cells(
     )
     failing = all_trained[~all_trained[0].astype(bool)]
     return pd.DataFrame({"rescued": failing[warm].astype(bool)})
+
+
+def warmup_changed_cells(
+    runs: pd.DataFrame, warm: int, cell: Sequence[str] = ("placement", "n_layers", "lr")
+) -> pd.Series:
+    """For every cell (the columns ``cell``, placement included by default): whether a
+    warmup of ``warm`` steps changed its outcomes, that is whether the counts of
+    trained, stalled and diverged runs (:func:`outcome_counts`) differ between the runs
+    without warmup and those with it. A boolean Series indexed by ``cell``; a cell
+    missing either side raises."""
+    _need(runs, [*cell, "warmup_steps", "outcome"])
+    out = {}
+    for key, g in runs.groupby(list(cell)):
+        w, c = g[g.warmup_steps == warm].outcome, g[g.warmup_steps == 0].outcome
+        if not (len(w) and len(c)):
+            raise ValueError(f"cell {key} lacks runs with warmup {warm} or without warmup")
+        out[key] = w.value_counts().to_dict() != c.value_counts().to_dict()
+    index = pd.MultiIndex.from_tuples(list(out), names=list(cell)) if len(cell) > 1 else None
+    return pd.Series(list(out.values()), index=index if index is not None else list(out))
 
 
 def necessity_table(

@@ -262,3 +262,20 @@ def test_linearity_summary_counts_linear_models_and_names_the_furthest():
         P.linearity_summary(change, half.iloc[:1], quarter)
     with pytest.raises(ValueError, match="tol must be positive"):
         P.linearity_summary(change, half, quarter, tol=0)
+
+
+def test_against_runs_calls_one_run_only_outside_the_prediction_interval():
+    # Two runs 0.04 apart give t(0.975, 1) = 12.7 times a wide spread: a value 4% off is
+    # inside (fails if the interval were the mean's t-interval without sqrt(1 + 1/n), or
+    # the range); far outside it is named, on the right side (fails if the words swapped).
+    word, lo, hi = P.against_runs(1.04, [0.98, 1.02])
+    assert word == "not distinguishable from" and lo < 0.98 and hi > 1.04
+    s = math.sqrt(2) * 0.02
+    assert hi - 1.0 == pytest.approx(P.t_quantile(0.975, 1) * s * math.sqrt(1.5), rel=1e-4)
+    assert P.against_runs(3.0, [0.98, 1.02, 1.0])[0] == "larger than"
+    assert P.against_runs(-3.0, [0.98, 1.02, 1.0])[0] == "smaller than"
+    assert P.against_runs(5.0, [1.0])[1:] == (-math.inf, math.inf)
+    with pytest.raises(ValueError, match="runs"):
+        P.against_runs(1.0, [])
+    with pytest.raises(ValueError, match="level"):
+        P.against_runs(1.0, [1.0, 2.0], level=1.0)

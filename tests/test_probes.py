@@ -159,6 +159,18 @@ def test_update_sensitivity_restores_parameters_and_moves_output():
         update_sensitivity(m, _batch(), lr=0)
 
 
+def test_update_sensitivity_step_error_sees_float32_resolution():
+    # A step of 1e-6 is many float32 ulps of weights of size ~0.1 and of gamma = 1, so the
+    # step taken is the step intended to about 1%; a step of 1e-10 is below the resolution
+    # of every weight and is lost. Fails if step_error compared the wrong tensors (it
+    # would be 0 or 1 for both) or were not relative to the intended step.
+    m = _model("post")
+    fine = update_sensitivity(m, _batch(), lr=1e-6).loc[0, "step_error"]
+    lost = update_sensitivity(m, _batch(), lr=1e-10).loc[0, "step_error"]
+    assert 0 <= fine < 0.05
+    assert lost > 0.5
+
+
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 def test_norm_input_scales_match_the_norm_inputs(norm):
     torch.manual_seed(0)

@@ -474,3 +474,26 @@ def test_escape_clause_counts_failed_runs_and_their_escapes(at, escaped, words):
     # A run that trained at the short horizon is not a failed run, whatever it did later.
     esc = pd.DataFrame({"outcome_at": at, "escaped": escaped})
     assert words in P.escape_clause(esc)
+
+
+def test_warmup_changed_cells_compares_outcome_counts_per_placement():
+    # (post, 2, 0.1): same outcomes with and without warmup (unchanged); (post, 2, 0.2): one
+    # diverged run becomes trained (changed); (pre, 2, 0.2): the same counts in another seed
+    # order (unchanged: counts, not seeds). Fails if placement were pooled, or if the
+    # comparison were by seed order or by the first outcome only.
+    spec = {
+        ("post", 2, 0.1, 0): [(T, 2.0), (S, 3.0)],
+        ("post", 2, 0.1, 10): [(T, 2.0), (S, 3.0)],
+        ("post", 2, 0.2, 0): [(D, 9.0), (T, 2.0)],
+        ("post", 2, 0.2, 10): [(T, 2.0), (T, 2.0)],
+        ("pre", 2, 0.2, 0): [(T, 2.0), (S, 3.0)],
+        ("pre", 2, 0.2, 10): [(S, 3.0), (T, 2.0)],
+    }
+    got = P.warmup_changed_cells(_runs(spec), 10)
+    assert got.to_dict() == {
+        ("post", 2, 0.1): False,
+        ("post", 2, 0.2): True,
+        ("pre", 2, 0.2): False,
+    }
+    with pytest.raises(ValueError, match="lacks runs"):
+        P.warmup_changed_cells(_runs({("post", 2, 0.1, 0): [(T, 2.0)]}), 10)
