@@ -307,7 +307,10 @@ class ClaimTest:
         :math:`n`, the Student-t quantile its interval used (:math:`n - 1` degrees of
         freedom), and :func:`~prenorm.seeds_to_decide`'s planning figure: about how many
         observations would put the interval clear of the threshold at the observed SD.
-        ``""`` when no core prediction is undecided on an Estimate."""
+        The t quantile and the planning figure are given only for a Student-t interval on
+        observations (``n >= 2`` and a finite ``sd``): a Wilson rate, a hull of two
+        readouts or a bound over settings has no SD to plan with, and gets no note unless
+        it rests on fewer than two observations. ``""`` when there is nothing to say."""
         from .stats import seeds_to_decide, t_quantile
 
         parts = []
@@ -317,6 +320,8 @@ class ClaimTest:
                 continue
             if m.n < 2:
                 parts.append(f"{k} undecided: {m.n} observation(s), no spread to judge")
+                continue
+            if not math.isfinite(m.sd):  # not a t-interval on observations: nothing to plan
                 continue
             text = (
                 f"{k} undecided at n = {m.n} (t = {t_quantile(0.975, m.n - 1):.1f}, {m.n - 1} df)"

@@ -254,3 +254,15 @@ def test_a_clipped_estimate_keeps_only_possible_values():
         P.Estimate(2.0, 1.0, 3.0).clipped(0, 1)
     with pytest.raises(ValueError, match="lower <= upper"):
         e.clipped(1, 0)
+
+
+def test_no_t_planning_for_an_estimate_that_is_not_a_t_interval(tmp_path, monkeypatch):
+    """Fails if a Wilson rate, a hull of readouts or a bound over settings (no SD) gets a
+    Student-t planning figure, which would be meaningless (C6's and C14's rows once did)."""
+    c = P.ClaimTest("C6", section="s", predictions={"need": P.Prediction("rate", ">", 0.5)})
+    c.measure(need=P.rate_interval(["trained", "stalled"], "stalled"))
+    assert c.verdict == "inconclusive" and c.power_note() == ""
+    c.measure(need=P.Estimate(0.6, -math.inf, 0.9, n=5))
+    assert c.power_note() == ""
+    c.measure(need=P.Estimate(math.nan, math.nan, math.nan, n=0))
+    assert c.power_note() == "need undecided: 0 observation(s), no spread to judge"
