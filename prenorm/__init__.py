@@ -282,6 +282,7 @@ from .verdicts import (
 )
 from .warmup import (
     CELL,
+    CELL_WORDS,
     PairedT,
     cell_differences,
     control_labels,
@@ -607,6 +608,7 @@ __all__ = [
     "need_rate",
     "necessity_table",
     "cell_differences",
+    "CELL_WORDS",
     "PairedT",
     "control_labels",
     "first_steps",

@@ -196,6 +196,8 @@ def against_runs(
     runs: Sequence[float] | pd.Series | np.ndarray,
     level: float = 0.95,
     words: tuple[str, str, str] = ("smaller than", "not distinguishable from", "larger than"),
+    tol: float | None = None,
+    undecided: str = "undecided",
 ) -> tuple[str, float, float]:
     r"""Whether one run's ``value`` lies outside the spread of other ``runs``: the
     Student-t prediction interval at ``level`` for one more run,
@@ -204,13 +206,20 @@ def against_runs(
     ``words[0]`` below the interval, ``words[2]`` above it and ``words[1]`` inside, so a
     single run is called larger or smaller only when it differs by more than the runs'
     own seed-to-seed spread allows. With one run in ``runs`` the spread is unknown and
-    the interval is :math:`(-\infty, \infty)`."""
+    the interval is :math:`(-\infty, \infty)`. With a ``tol``, ``words[1]`` is kept only
+    for an interval whose half-width is at most ``tol`` (then "inside" means within
+    ``tol`` of the runs' mean); a value inside a wider interval gets ``undecided``: the
+    runs are too few to resolve the comparison."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if not (isinstance(words, tuple) and len(words) == 3):
         raise ValueError(
             f"words must be a tuple of 3 strings (below, inside, above), got {words!r}"
         )
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be None or a positive number, got {tol!r}")
+    if not (isinstance(undecided, str) and undecided.strip()):
+        raise ValueError(f"undecided must be a non-empty string, got {undecided!r}")
     r = np.asarray(runs, dtype=float)
     if r.ndim != 1 or len(r) == 0 or np.isnan(r).any():
         raise ValueError(f"runs must be a non-empty 1-D sequence without NaN, got {runs!r}")
@@ -221,7 +230,8 @@ def against_runs(
     else:
         half = t_quantile((1 + level) / 2, len(r) - 1) * r.std(ddof=1) * math.sqrt(1 + 1 / len(r))
         lo, hi = float(r.mean() - half), float(r.mean() + half)
-    word = words[0] if value < lo else words[2] if value > hi else words[1]
+    inside = words[1] if tol is None or (hi - lo) / 2 <= tol else undecided
+    word = words[0] if value < lo else words[2] if value > hi else inside
     return word, lo, hi
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL",
+    "CELL_WORDS",
     "PairedT",
     "cell_differences",
     "control_labels",
@@ -562,6 +563,11 @@ def paired_t(
     return PairedT(est.n, est.value, est.sd, est.value / (est.sd / math.sqrt(est.n)))
 
 
+CELL_WORDS: tuple[str, str, str, str] = ("higher", "lower", "same within tol", "undecided")
+"""The words of :func:`cell_differences`, in the order: interval above 0, below 0,
+containing 0 inside ± tol, containing 0 and reaching past ± tol."""
+
+
 def cell_differences(
     runs: pd.DataFrame,
     by: str = "placement",
@@ -569,6 +575,7 @@ def cell_differences(
     b: object = "pre",
     cell: Sequence[str] = CELL,
     value: str = "final_val_loss",
+    tol: float = 0.05,
 ) -> pd.DataFrame:
     r"""The comparison of ``a`` with ``b`` cell by cell (the columns ``cell``), over the
     cells where every run of both sides trained (:func:`trained_cells`): one row per
@@ -576,16 +583,22 @@ def cell_differences(
     :math:`\bar d` of ``value`` (``a`` minus ``b``, :func:`~prenorm.paired_difference`
     over seeds) as ``mean``, its 95% Student-t interval ``lo``, ``hi`` (infinite
     with one pair) and ``word``: ``"higher"`` when the whole interval lies above
-    0, ``"lower"`` when it lies below, else ``"not distinguishable"``. Pooling unlike
+    0, ``"lower"`` when it lies below, ``"same within tol"`` when it contains 0 and lies
+    inside :math:`[-\text{tol}, \text{tol}]` (an equivalence at that tolerance), else
+    ``"undecided"``: the interval contains 0 but is too wide to rule out a difference
+    larger than ``tol``, so ``n`` seeds do not resolve the comparison. Pooling unlike
     cells would hide a difference of one sign in some cells behind one of the other
     sign in others."""
+    if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     _need(runs, [*cell, by, "seed", "outcome", value])
     both = trained_cells(runs[runs[by].isin([a, b])], cell, value)
     rows = []
     for key, g in both.groupby(list(cell)):
         est = paired_difference(g, by, a, b, value=value, pair=("seed",))
         lo, hi = est.lo, est.hi
-        word = "higher" if lo > 0 else "lower" if hi < 0 else "not distinguishable"
+        same = -tol <= lo and hi <= tol
+        word = "higher" if lo > 0 else "lower" if hi < 0 else CELL_WORDS[2 if same else 3]
         rows.append(
             {
                 **dict(zip(cell, key if isinstance(key, tuple) else (key,), strict=True)),

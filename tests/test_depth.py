@@ -279,3 +279,21 @@ def test_against_runs_calls_one_run_only_outside_the_prediction_interval():
         P.against_runs(1.0, [])
     with pytest.raises(ValueError, match="level"):
         P.against_runs(1.0, [1.0, 2.0], level=1.0)
+
+
+def test_against_runs_with_tol_calls_a_wide_interval_undecided():
+    # The interval above has half-width 12.7 * 0.028 * 1.22 = 0.44: inside it, the word
+    # needs a tol at least that large (fails if tol were ignored or compared with the
+    # full width); outside it the tol changes nothing; one run (infinite interval) is
+    # always undecided under a tol.
+    half = P.t_quantile(0.975, 1) * math.sqrt(2) * 0.02 * math.sqrt(1.5)
+    assert P.against_runs(1.04, [0.98, 1.02], tol=half * 1.01)[0] == "not distinguishable from"
+    assert P.against_runs(1.04, [0.98, 1.02], tol=half * 0.99)[0] == "undecided"
+    word = P.against_runs(1.04, [0.98, 1.02], tol=0.1, undecided="not resolved at n = 2")[0]
+    assert word == "not resolved at n = 2"
+    assert P.against_runs(3.0, [0.98, 1.02, 1.0], tol=1e-6)[0] == "larger than"
+    assert P.against_runs(1.0, [1.0], tol=10.0)[0] == "undecided"
+    with pytest.raises(ValueError, match="tol"):
+        P.against_runs(1.0, [1.0, 2.0], tol=0.0)
+    with pytest.raises(ValueError, match="undecided"):
+        P.against_runs(1.0, [1.0, 2.0], undecided=" ")

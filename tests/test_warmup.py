@@ -365,9 +365,12 @@ def test_stall_escape_reads_the_short_horizon_from_the_long_history():
 
 def test_cell_differences_compare_per_cell_and_skip_cells_with_a_failed_run():
     # Cell A (L=2): Post-LN higher by 0.50 and 0.52 in two seeds: interval above 0,
-    # "higher". Cell B (L=4): -0.1 and +0.1: "not distinguishable". Cell C (L=6): a Post-LN
-    # seed stalled, so it is not compared. Fails if cells are pooled (one row), if a
-    # cell with a failed run is kept, or if the sign is Pre minus Post.
+    # "higher". Cell B (L=4): -0.1 and +0.1: the interval (half-width 1.27) contains 0
+    # and reaches far past the tol of 0.05: "undecided". Cell C (L=6): a Post-LN seed
+    # stalled, so it is not compared. Cell D (L=8): +0.010 and +0.012, interval about
+    # [-0.002, +0.024], inside +-0.05: "same within tol". Fails if cells are pooled (one
+    # row), if a cell with a failed run is kept, if the sign is Pre minus Post, or if a
+    # wide interval is read as the same.
     runs = _runs(
         {
             ("post", 2, 0.1, 0): [(T, 2.50), (T, 2.52)],
@@ -376,14 +379,21 @@ def test_cell_differences_compare_per_cell_and_skip_cells_with_a_failed_run():
             ("pre", 4, 0.1, 0): [(T, 2.10), (T, 2.10)],
             ("post", 6, 0.1, 0): [(S, 3.00), (T, 2.00)],
             ("pre", 6, 0.1, 0): [(T, 2.00), (T, 2.00)],
+            ("post", 8, 0.1, 0): [(T, 2.010), (T, 2.012)],
+            ("pre", 8, 0.1, 0): [(T, 2.00), (T, 2.00)],
         }
     )
     got = P.cell_differences(runs).set_index("n_layers")
-    assert list(got.index) == [2, 4]
+    assert list(got.index) == [2, 4, 8]
     assert got.loc[2, "mean"] == pytest.approx(0.51)
     assert got.loc[4, "mean"] == pytest.approx(0.0, abs=1e-12)
-    assert got.word.tolist() == ["higher", "not distinguishable"]
+    assert got.word.tolist() == ["higher", "undecided", "same within tol"]
+    assert got.loc[8, "lo"] < 0 < got.loc[8, "hi"] <= 0.05
     assert (got.n == 2).all()
+    assert P.cell_differences(runs, tol=0.01).loc[:, "word"].tolist()[-1] == "undecided"
+    assert set(got.word) <= set(P.CELL_WORDS)
+    with pytest.raises(ValueError, match="tol"):
+        P.cell_differences(runs, tol=-1.0)
 
 
 def test_new_figures_draw_one_row_per_cell_and_one_line_per_seed():
