@@ -598,7 +598,9 @@ def cell_differences(
         est = paired_difference(g, by, a, b, value=value, pair=("seed",))
         lo, hi = est.lo, est.hi
         same = -tol <= lo and hi <= tol
-        word = "higher" if lo > 0 else "lower" if hi < 0 else CELL_WORDS[2 if same else 3]
+        word = (
+            CELL_WORDS[0] if lo > 0 else CELL_WORDS[1] if hi < 0 else CELL_WORDS[2 if same else 3]
+        )
         rows.append(
             {
                 **dict(zip(cell, key if isinstance(key, tuple) else (key,), strict=True)),
